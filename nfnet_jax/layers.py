@@ -1,0 +1,294 @@
+"""Building blocks of Normalizer-Free networks, each mirroring an equation of the papers.
+
+References:
+  [NF-ResNets] Brock, De & Smith 2021, "Characterizing signal propagation to close the
+    performance gap in unnormalized ResNets" (arXiv:2101.08692).
+  [NFNets] Brock, De, Smith & Simonyan 2021, "High-Performance Large-Scale Image
+    Recognition Without Normalization" (arXiv:2102.06171).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import functools
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# ---------------------------------------------------------------------------
+# γ-scaled nonlinearities ([NF-ResNets] sec. 4.2; constants as published by DeepMind
+# so that released weights reproduce).
+# ---------------------------------------------------------------------------
+
+_BASE_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "identity": lambda x: x,
+    "celu": jax.nn.celu,
+    "elu": jax.nn.elu,
+    "gelu": jax.nn.gelu,  # tanh approximation, as in the official code
+    "glu": jax.nn.glu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "log_sigmoid": jax.nn.log_sigmoid,
+    "log_softmax": jax.nn.log_softmax,
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "selu": jax.nn.selu,
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "soft_sign": jax.nn.soft_sign,
+    "softplus": jax.nn.softplus,
+    "tanh": jnp.tanh,
+}
+
+GAMMAS: dict[str, float] = {
+    "identity": 1.0,
+    "celu": 1.270926833152771,
+    "elu": 1.2716004848480225,
+    "gelu": 1.7015043497085571,
+    "glu": 1.8484294414520264,
+    "leaky_relu": 1.70590341091156,
+    "log_sigmoid": 1.9193484783172607,
+    "log_softmax": 1.0002083778381348,
+    "relu": 1.7139588594436646,
+    "relu6": 1.7131484746932983,
+    "selu": 1.0008515119552612,
+    "sigmoid": 4.803835391998291,
+    "silu": 1.7881293296813965,
+    "soft_sign": 2.338853120803833,
+    "softplus": 1.9203323125839233,
+    "tanh": 1.5939117670059204,
+}
+
+# 'swish' is the name the official NF-RegNet default asks for (and its table lacks).
+_ALIASES = {"swish": "silu"}
+
+
+def activation_names() -> list[str]:
+  """Names accepted by `get_activation` (aliases included)."""
+  return sorted(GAMMAS) + sorted(_ALIASES)
+
+
+def estimate_gamma(fn: Callable[[Array], Array], *, num_samples: int = 1024,
+                   dim: int = 1024, seed: int = 0) -> float:
+  """γ = 1 / sqrt(E_x[Var g(x)]) for x ~ N(0, I_dim) ([NF-ResNets] sec. 4.2).
+
+  The variance is taken across the `dim` features of each sample and averaged over
+  `num_samples` samples, so functions acting on a whole vector (glu, log_softmax)
+  are treated the way the published constants were computed.
+  """
+  x = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, dim), jnp.float32)
+  y = fn(x)
+  return float(jax.lax.rsqrt(jnp.mean(jnp.var(y, axis=-1))))
+
+
+def register_activation(name: str, fn: Callable[[Array], Array],
+                        gamma: float | None = None) -> float:
+  """Adds `fn` to the table under `name`; γ is estimated when not given. Returns γ."""
+  if name in GAMMAS or name in _ALIASES:
+    raise ValueError(f"Activation {name!r} already exists; pick another name.")
+  if gamma is None:
+    gamma = estimate_gamma(fn)
+  _BASE_ACTIVATIONS[name] = fn
+  GAMMAS[name] = float(gamma)
+  return float(gamma)
+
+
+def _scaled(fn: Callable[[Array], Array], gamma: float, x: Array) -> Array:
+  return fn(x) * jnp.asarray(gamma, x.dtype)
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+  """The γ-scaled nonlinearity γ·g(x), which keeps unit variance for N(0, 1) inputs."""
+  name = _ALIASES.get(name, name)
+  if name not in GAMMAS:
+    raise ValueError(f"Unknown activation {name!r}; valid names: {activation_names()}.")
+  if name == "identity":
+    return _BASE_ACTIVATIONS["identity"]
+  return functools.partial(_scaled, _BASE_ACTIVATIONS[name], GAMMAS[name])
+
+
+# ---------------------------------------------------------------------------
+# Scaled Weight Standardization ([NF-ResNets] eq. 3; [NFNets] sec. 3 learnable gain).
+# ---------------------------------------------------------------------------
+
+
+def standardize_weight(w: Array, gain: Array, eps: float = 1e-4) -> Array:
+  """Ŵ = gain · (W − mean) / sqrt(max(N · var, eps)), statistics over the fan-in (H, W, I).
+
+  Computed in float32 whatever the dtype of `w`; returns float32.
+  """
+  w = w.astype(jnp.float32)
+  fan_in = int(np.prod(w.shape[:-1]))
+  mean = jnp.mean(w, axis=tuple(range(w.ndim - 1)), keepdims=True)
+  var = jnp.var(w, axis=tuple(range(w.ndim - 1)), keepdims=True)
+  scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain.astype(jnp.float32)
+  return (w - mean) * scale
+
+
+def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
+  if isinstance(v, int):
+    return (v, v)
+  v = tuple(int(i) for i in v)
+  if len(v) != 2:
+    raise ValueError(f"{what} must be an int or a pair of ints, got {v}.")
+  return v
+
+
+class WSConv2D(hk.Module):
+  """2-D convolution with Scaled Weight Standardization and affine gain + bias ([NF-ResNets] eq. 3).
+
+  Parameters are named `w` [kh, kw, in/groups, out], `gain` [out] (init 1) and `bias` [out]
+  (init 0), created in that order, as in DeepMind's released checkpoints. Inputs are NHWC.
+  """
+
+  def __init__(self, output_channels: int, kernel_shape: int | Sequence[int],
+               stride: int | Sequence[int] = 1,
+               padding: str | Sequence[tuple[int, int]] = "SAME",
+               feature_group_count: int = 1, rate: int | Sequence[int] = 1,
+               w_init: hk.initializers.Initializer | None = None,
+               eps: float = 1e-4, name: str | None = None):
+    super().__init__(name=name)
+    if output_channels % feature_group_count:
+      raise ValueError(f"output_channels={output_channels} is not divisible by "
+                       f"feature_group_count={feature_group_count}.")
+    self.output_channels = output_channels
+    self.kernel_shape = _pair(kernel_shape, "kernel_shape")
+    self.stride = _pair(stride, "stride")
+    self.rate = _pair(rate, "rate")
+    self.padding = padding
+    self.feature_group_count = feature_group_count
+    # Fan-in scaled normal init; WS makes the result largely insensitive to it.
+    self.w_init = w_init or hk.initializers.VarianceScaling(1.0, "fan_in", "normal")
+    self.eps = eps
+
+  def __call__(self, x: Array) -> Array:
+    if x.ndim != 4:
+      raise ValueError(f"{self.module_name}: expected NHWC input, got shape {x.shape}.")
+    in_ch = x.shape[-1]
+    groups = self.feature_group_count
+    if in_ch % groups:
+      raise ValueError(f"{self.module_name}: {in_ch} input channels are not divisible "
+                       f"by feature_group_count={groups}.")
+    w_shape = self.kernel_shape + (in_ch // groups, self.output_channels)
+    w = hk.get_parameter("w", w_shape, x.dtype, init=self.w_init)
+    gain = hk.get_parameter("gain", (self.output_channels,), w.dtype, init=jnp.ones)
+    weight = standardize_weight(w, gain, self.eps).astype(x.dtype)
+    out = jax.lax.conv_general_dilated(
+        x, weight, window_strides=self.stride, padding=self.padding,
+        rhs_dilation=self.rate, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups)
+    bias = hk.get_parameter("bias", (self.output_channels,), x.dtype, init=jnp.zeros)
+    return out + bias.astype(out.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Squeeze-and-excite, stochastic depth, SkipInit gain, residual α/β scaling.
+# ---------------------------------------------------------------------------
+
+
+class SqueezeExcite(hk.Module):
+  """x · 2σ(W₂ relu(W₁ mean_HW(x))): SE with the ×2 rescale of [NF-ResNets] sec. 4.2.
+
+  Submodules `linear` (hidden units = max(1, int(in_ch · se_ratio)) or `hidden_ch`) and
+  `linear_1`, as in the official layout. Returns the gated tensor, not the gate.
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, se_ratio: float | None = 0.5,
+               hidden_ch: int | None = None,
+               activation: Callable[[Array], Array] = jax.nn.relu,
+               name: str | None = None):
+    super().__init__(name=name)
+    if se_ratio is None:
+      if hidden_ch is None:
+        raise ValueError("SqueezeExcite needs one of se_ratio or hidden_ch.")
+      self.hidden_ch = hidden_ch
+    else:
+      self.hidden_ch = max(1, int(in_ch * se_ratio))
+    self.in_ch, self.out_ch = in_ch, out_ch
+    self.activation = activation
+    self.fc0 = hk.Linear(self.hidden_ch, with_bias=True)
+    self.fc1 = hk.Linear(self.out_ch, with_bias=True)
+
+  def __call__(self, x: Array) -> Array:
+    h = jnp.mean(x, axis=(1, 2))
+    h = self.fc1(self.activation(self.fc0(h)))
+    gate = 2.0 * jax.nn.sigmoid(h)
+    return x * gate[:, None, None, :].astype(x.dtype)
+
+
+class StochasticDepth(hk.Module):
+  """Drops the residual branch of whole examples with probability `drop_rate`, no rescaling.
+
+  Only active with is_training=True, when it draws from hk.next_rng_key().
+  """
+
+  def __init__(self, drop_rate: float, name: str | None = None):
+    super().__init__(name=name)
+    if not 0.0 <= drop_rate < 1.0:
+      raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}.")
+    self.drop_rate = drop_rate
+
+  def __call__(self, x: Array, is_training: bool) -> Array:
+    if not is_training or self.drop_rate == 0.0:
+      return x
+    u = jax.random.uniform(hk.next_rng_key(), (x.shape[0],) + (1,) * (x.ndim - 1),
+                           dtype=jnp.float32)
+    keep = jnp.floor(1.0 - self.drop_rate + u)  # 1 with probability 1 - drop_rate
+    return x * keep.astype(x.dtype)
+
+
+def skip_gain(x: Array, name: str = "skip_gain") -> Array:
+  """SkipInit: x · g with a learnable scalar g initialised to 0 (De & Smith 2020).
+
+  Call inside a block's module scope so the parameter is `<block>/skip_gain`.
+  """
+  g = hk.get_parameter(name, (), x.dtype, init=jnp.zeros)
+  return x * g
+
+
+def stochdepth_rates(num_blocks: int, rate: float) -> list[float]:
+  """Per-block stochastic depth rates growing linearly with block index: rate · i / num_blocks."""
+  return [rate * i / num_blocks for i in range(num_blocks)]
+
+
+def residual_betas(depths: Sequence[int], alpha: float) -> list[float]:
+  """β_i = sqrt(Var(h_i)) for h_{i+1} = h_i + α f_i(h_i / β_i) ([NF-ResNets] sec. 4.1).
+
+  The expected variance grows by α² per block and is reset at the transition block
+  (the first of each stage, whose skip path is a projection of h_i / β_i) to 1 + α².
+  """
+  betas = []
+  expected_var = 1.0
+  for depth in depths:
+    for block_index in range(depth):
+      betas.append(1.0 / expected_var ** 0.5)
+      if block_index == 0:
+        expected_var = 1.0
+      expected_var += alpha ** 2
+  return betas
+
+
+def expected_variances(depths: Sequence[int], alpha: float) -> list[float]:
+  """Var(h_{i+1}) predicted at init after each block (the quantity β bookkeeping tracks)."""
+  out = []
+  for depth in depths:
+    var = 1.0
+    for _ in range(depth):
+      var += alpha ** 2
+      out.append(var)
+  return out
+
+
+def signal_stats(x: Array) -> dict[str, Array]:
+  """Signal-propagation statistics of an NHWC tensor ([NF-ResNets] sec. 3), in float32.
+
+  avg_sq_mean: mean over channels of the squared per-channel mean over (N, H, W);
+  avg_var: mean over channels of the per-channel variance over (N, H, W).
+  """
+  x = x.astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  return {"avg_sq_mean": jnp.mean(jnp.square(jnp.mean(x, axis=axes))),
+          "avg_var": jnp.mean(jnp.var(x, axis=axes))}

@@ -1,0 +1,1 @@
+"""Model zoo: NFNets, NF-ResNets, NF-RegNets and the BatchNorm ResNet baseline."""

@@ -1,0 +1,92 @@
+"""What every model family shares: the `ModelSpec` record and the forward-pass contract.
+
+A family module (e.g. `nfnet_jax.models.nfnet`) must expose
+
+  SPECS: list[ModelSpec]   one entry per registered variant name.
+
+Each spec's `constructor(num_classes=..., **default_kwargs, **overrides)` builds an
+`hk.Module` whose call
+
+  module(images, is_training: bool, return_metrics: bool = False) -> dict
+
+returns 'logits' (float32 [B, num_classes]) and, when return_metrics=True, 'signal':
+the dict made by `stack_signal` (one entry per residual block). The module must draw
+randomness (dropout, stochastic depth) from hk.next_rng_key() only when is_training.
+The registry (`nfnet_jax.models.registry`) turns a spec into an hk.TransformedWithState.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+import types
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from nfnet_jax import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Everything the registry and its users need to know about one named variant.
+
+  Attributes:
+    name: registry name, e.g. 'nfnet_f0'.
+    family: 'nfnet', 'nf_regnet', 'nf_resnet' or 'resnet'.
+    train_image_size: image size the variant is trained at.
+    test_image_size: image size the variant is evaluated at.
+    drop_rate: dropout rate before the classifier by default.
+    min_image_size: smallest input height/width the model accepts (its total stride).
+    official_layout: JSON stem in shared/official_layout (e.g. 'nfnet_F0'), or None.
+    default_kwargs: constructor kwargs this variant is built with (besides num_classes).
+    constructor: callable building the hk.Module; accepts num_classes and the kwargs.
+  """
+  name: str
+  family: str
+  train_image_size: int
+  test_image_size: int
+  drop_rate: float
+  min_image_size: int
+  official_layout: str | None
+  default_kwargs: Mapping[str, Any]
+  constructor: Callable[..., hk.Module]
+
+  def __post_init__(self):
+    # Read-only view, so a spec can't be changed by accident through its kwargs.
+    object.__setattr__(self, "default_kwargs",
+                       types.MappingProxyType(dict(self.default_kwargs)))
+
+
+def block_record(out: jax.Array, residual: jax.Array, transition: bool) -> dict[str, Any]:
+  """Signal statistics of one residual block: the stream after it and its residual branch."""
+  stats = layers.signal_stats(out)
+  stats["res_avg_var"] = layers.signal_stats(residual)["avg_var"]
+  stats["transition"] = transition
+  return stats
+
+
+def stack_signal(records: Sequence[Mapping[str, Any]]) -> dict[str, jax.Array]:
+  """Stacks per-block records into 1-D arrays: avg_sq_mean, avg_var, res_avg_var, transition."""
+  return {
+      "avg_sq_mean": jnp.stack([r["avg_sq_mean"] for r in records]),
+      "avg_var": jnp.stack([r["avg_var"] for r in records]),
+      "res_avg_var": jnp.stack([r["res_avg_var"] for r in records]),
+      "transition": jnp.asarray([bool(r["transition"]) for r in records], dtype=bool),
+  }
+
+
+def check_images(images: jax.Array, min_image_size: int, model: str) -> None:
+  """Raises a clear ValueError (at trace time) for inputs the model cannot take."""
+  if images.ndim != 4:
+    raise ValueError(f"{model}: images must be NHWC [batch, height, width, channels], "
+                     f"got shape {images.shape}.")
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"{model}: images must be a float array (float32 or bfloat16), "
+                     f"got {images.dtype}; normalise them first.")
+  h, w = images.shape[1:3]
+  if h < min_image_size or w < min_image_size:
+    raise ValueError(f"{model}: images of {h}x{w} are smaller than the minimum "
+                     f"{min_image_size}x{min_image_size}; resize them.")
