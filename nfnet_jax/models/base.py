@@ -26,7 +26,6 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from nfnet_jax import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,21 +59,23 @@ class ModelSpec:
                        types.MappingProxyType(dict(self.default_kwargs)))
 
 
-def block_record(out: jax.Array, residual: jax.Array, transition: bool) -> dict[str, Any]:
-  """Signal statistics of one residual block: the stream after it and its residual branch."""
-  stats = layers.signal_stats(out)
-  stats["res_avg_var"] = layers.signal_stats(residual)["avg_var"]
-  stats["transition"] = transition
-  return stats
+def stack_signal(records: Sequence[Mapping[str, jax.Array]],
+                 transitions: Sequence[bool]) -> dict[str, jax.Array]:
+  """Stacks per-block statistics into the 'signal' output: 1-D arrays, one entry per block.
 
-
-def stack_signal(records: Sequence[Mapping[str, Any]]) -> dict[str, jax.Array]:
-  """Stacks per-block records into 1-D arrays: avg_sq_mean, avg_var, res_avg_var, transition."""
+  Args:
+    records: per residual block, a dict with 'avg_sq_mean' and 'avg_var' of the stream
+      after the block (see `layers.signal_stats`) and 'res_avg_var', the average channel
+      variance of the residual branch output before it is added.
+    transitions: per block, True for the first block of each stage.
+  """
+  if len(records) != len(transitions):
+    raise ValueError(f"{len(records)} block records but {len(transitions)} transition flags.")
   return {
       "avg_sq_mean": jnp.stack([r["avg_sq_mean"] for r in records]),
       "avg_var": jnp.stack([r["avg_var"] for r in records]),
-      "res_avg_var": jnp.stack([r["res_avg_var"] for r in records]),
-      "transition": jnp.asarray([bool(r["transition"]) for r in records], dtype=bool),
+      "res_avg_var": jnp.stack([r["res_avg_var"] for r in records]).astype(jnp.float32),
+      "transition": jnp.asarray([bool(t) for t in transitions], dtype=bool),
   }
 
 
