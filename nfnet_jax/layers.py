@@ -240,12 +240,13 @@ class StochasticDepth(hk.Module):
     return x * keep.astype(x.dtype)
 
 
-def skip_gain(x: Array, name: str = "skip_gain") -> Array:
-  """SkipInit: x · g with a learnable scalar g initialised to 0 (De & Smith 2020).
+def skip_gain(x: Array, name: str = "skip_gain",
+              init: hk.initializers.Initializer = jnp.zeros) -> Array:
+  """SkipInit: x · g with a learnable scalar g, initialised to 0 by default (De & Smith 2020).
 
   Call inside a block's module scope so the parameter is `<block>/skip_gain`.
   """
-  g = hk.get_parameter(name, (), x.dtype, init=jnp.zeros)
+  g = hk.get_parameter(name, (), x.dtype, init=init)
   return x * g
 
 
