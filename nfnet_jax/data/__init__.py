@@ -1,0 +1,77 @@
+"""Input pipelines: ImageNet and other tfds datasets, sklearn digits; NFNet augmentations.
+
+Public API (the trainer and the benchmark rely on it):
+  get_info(dataset, data_dir=None) -> DatasetInfo
+  train_iterator(dataset, *, data_dir, global_batch_size, image_size, augment, seed, start_step=0,
+                 grad_accum_steps=1, dtype=np.float32) -> endless iterator of
+      {'images': [local_devices, grad_accum_steps, per_device, S, S, 3], 'labels': int32 [...]}
+  eval_iterator(dataset, *, data_dir, split, global_batch_size, image_size, preprocess='resize_crop_32',
+                dtype=np.float32) -> finite iterator of
+      {'images': [local_devices, per_device, S, S, 3], 'labels', 'mask'}; every example of this
+      process's shard once, padding rows have mask False.
+  parse_augment(augment) -> AugmentSpec;  mix_batch(rng, images, labels, num_classes, spec)
+Both iterators take keyword-only `process_index`, `process_count` and `local_devices` (default: jax's)
+so that tests and tools can simulate other layouts.
+"""
+
+from typing import Optional
+
+import numpy as np
+
+from nfnet_jax.data import digits as _digits
+from nfnet_jax.data.info import BadDataError, DatasetInfo
+from nfnet_jax.data.layout import Layout, resolve_layout
+from nfnet_jax.data.mixing import AugmentSpec, cutmix_boxes, mix_batch, parse_augment
+from nfnet_jax.data.preprocessing import EVAL_PREPROCESS, MEAN_RGB, STDDEV_RGB
+from nfnet_jax.data import tfds_input as _tfds
+
+__all__ = ["AugmentSpec", "BadDataError", "DatasetInfo", "Layout", "get_info", "train_iterator",
+           "eval_iterator", "parse_augment", "mix_batch", "cutmix_boxes", "MEAN_RGB", "STDDEV_RGB"]
+
+
+def get_info(dataset: str, data_dir: Optional[str] = None) -> DatasetInfo:
+  """Classes, splits and sizes of 'digits' or a prepared tfds dataset (e.g. 'imagenet2012')."""
+  if dataset == "digits":
+    return _digits.INFO
+  return _tfds.get_info(dataset, data_dir)
+
+
+def _check_common(image_size, dtype):
+  if int(image_size) < 1:
+    raise ValueError(f"image_size must be positive, got {image_size}")
+  if np.dtype(dtype).name not in ("float32", "bfloat16"):
+    raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+
+
+def train_iterator(dataset: str, *, data_dir: Optional[str], global_batch_size: int, image_size: int,
+                   augment: str, seed: int, start_step: int = 0, grad_accum_steps: int = 1,
+                   dtype=np.float32, process_index: Optional[int] = None,
+                   process_count: Optional[int] = None, local_devices: Optional[int] = None):
+  """Endless, shuffled, augmented training batches for this process (see the module docstring)."""
+  _check_common(image_size, dtype)
+  spec = parse_augment(augment)
+  layout = resolve_layout(process_index, process_count, local_devices)
+  layout_args = dict(global_batch_size=global_batch_size, image_size=image_size, spec=spec, seed=seed,
+                     start_step=start_step, grad_accum_steps=grad_accum_steps, dtype=dtype, layout=layout)
+  if dataset == "digits":
+    return _digits.train_iterator(**layout_args)
+  info = _tfds.get_info(dataset, data_dir)
+  return _tfds.train_iterator(info, data_dir=data_dir, **layout_args)
+
+
+def eval_iterator(dataset: str, *, data_dir: Optional[str], split: str, global_batch_size: int,
+                  image_size: int, preprocess: str = "resize_crop_32", dtype=np.float32,
+                  process_index: Optional[int] = None, process_count: Optional[int] = None,
+                  local_devices: Optional[int] = None):
+  """Every example of this process's shard of `split` exactly once, padded batches with a mask."""
+  _check_common(image_size, dtype)
+  if preprocess not in EVAL_PREPROCESS:
+    raise ValueError(f"Unknown eval preprocess {preprocess!r}; choose one of {EVAL_PREPROCESS}")
+  layout = resolve_layout(process_index, process_count, local_devices)
+  if dataset == "digits":
+    return _digits.eval_iterator(split=split, global_batch_size=global_batch_size,
+                                 image_size=image_size, dtype=dtype, layout=layout)
+  info = _tfds.get_info(dataset, data_dir)
+  info.check_split(split)
+  return _tfds.eval_iterator(info, data_dir=data_dir, split=split, global_batch_size=global_batch_size,
+                             image_size=image_size, preprocess=preprocess, dtype=dtype, layout=layout)
