@@ -217,16 +217,25 @@ def adaptive_grad_clip(clipping: float,
       if g.shape != w.shape:
         raise ValueError(f'adaptive_grad_clip: update of {path!r} has shape {g.shape} but the '
                          f'param has shape {w.shape}.')
-      ax = default_axes(w.shape) if ax is None else _normalize_axes(ax, w.ndim, repr(path))
+      if ax is None:
+        try:
+          ax = default_axes(w.shape)
+        except ValueError as e:
+          raise ValueError(f'adaptive_grad_clip, param {path!r}: {e}') from None
+      else:
+        ax = _normalize_axes(ax, w.ndim, f'adaptive_grad_clip, param {path!r}')
       g_norm = unitwise_norm(g, ax)
-      max_norm = jnp.maximum(unitwise_norm(w, ax), eps) * clipping
-      trigger = g_norm > max_norm
+      w_norm = unitwise_norm(w, ax)
+      if report:
+        unit_trigger = g_norm > jnp.maximum(w_norm, eps) * clipping
+        num_clipped += jnp.sum(unit_trigger, dtype=jnp.int32)
+        num_units += unit_trigger.size
+      # Broadcast the norms first, as optax does: XLA then rounds exactly as optax's AGC.
+      g_norm = jnp.broadcast_to(g_norm, g.shape)
+      max_norm = jnp.maximum(jnp.broadcast_to(w_norm, g.shape), eps) * clipping
       scale = max_norm / jnp.maximum(g_norm, _GRAD_NORM_FLOOR)
       clipped = (g.astype(scale.dtype) * scale).astype(g.dtype)
-      new_grads.append(jnp.where(trigger, clipped, g))
-      if report:
-        num_clipped += jnp.sum(trigger, dtype=jnp.int32)
-        num_units += trigger.size
+      new_grads.append(jnp.where(g_norm > max_norm, clipped, g))
 
     new_updates = jax.tree_util.tree_unflatten(treedef, new_grads)
     if not report:
