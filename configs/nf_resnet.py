@@ -1,0 +1,41 @@
+"""NF-ResNets (Brock, De & Smith 2021a) on ImageNet: argument = depth (50, 101, 152, 200, 288, 600).
+
+A 90-epoch ResNet-style recipe at batch 1024: SGD with Nesterov momentum 0.9, lr 0.1 x batch/256,
+5 warm-up epochs, cosine decay, weight decay 5e-5, no AGC, EMA of the weights, label smoothing 0.1,
+stochastic depth 0.1, the variant's dropout and bfloat16 compute; no MixUp/CutMix or RandAugment.
+
+  python scripts/train.py --config=configs/nf_resnet.py:50 --workdir=runs/nf_resnet50 \
+      --config.data_dir=$TFDS_DATA_DIR
+
+  python scripts/evaluate.py --config=configs/nf_resnet.py:50 --workdir=runs/nf_resnet50 \
+      --config.data_dir=$TFDS_DATA_DIR
+"""
+
+import ml_collections
+
+from nfnet_jax.train import base_config
+
+DEPTHS = (50, 101, 152, 200, 288, 600)
+
+
+def get_config(depth: str = '50') -> ml_collections.ConfigDict:
+  depth = int(depth or 50)
+  if depth not in DEPTHS:
+    raise ValueError(f'unknown NF-ResNet depth {depth}; choose one of {DEPTHS}.')
+  c = base_config()
+  c.model = f'nf_resnet{depth}'
+  c.model_kwargs = ml_collections.ConfigDict({'stochdepth_rate': 0.1})
+  c.dataset = 'imagenet2012'
+  c.batch_size = 1024
+  c.num_epochs = 90.0
+  c.augment = 'none'
+  c.label_smoothing = 0.1
+  c.bf16 = True
+  c.ema_decay = 0.99999
+  c.optimizer.lr = 0.1
+  c.optimizer.weight_decay = 5e-5
+  c.optimizer.clipping = None
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000
+  c.eval_every_steps = 5000
+  return c

@@ -1,0 +1,179 @@
+"""train_and_evaluate(config, workdir): the training loop around the pmapped step."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from nfnet_jax import data as data_lib
+from nfnet_jax import models
+from nfnet_jax import optim
+from nfnet_jax.train import config as config_lib
+from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
+from nfnet_jax.train.progress import Progress
+from nfnet_jax.train.state import TrainState, init_state
+from nfnet_jax.train.step import AXIS, make_train_step
+from nfnet_jax.train.writers import MetricWriter
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf; the run stopped without saving over the last good checkpoint."""
+
+
+def build(run: config_lib.Run):
+  """Model, optimizer and schedule for a validated run."""
+  c = run.config
+  model = models.create(c.model, num_classes=run.info.num_classes, **c.model_kwargs.to_dict())
+  sizes = dict(global_batch_size=c.batch_size, total_steps=run.total_steps,
+               steps_per_epoch=run.steps_per_epoch)
+  return model, optim.create(c.optimizer, **sizes), optim.create_schedule(c.optimizer, **sizes)
+
+
+def initial_state_fn(run: config_lib.Run, model, optimizer):
+  """A jitted rng -> TrainState (jax.eval_shape of it gives the checkpoint's structure)."""
+  shape = (run.per_device_batch, run.image_size, run.image_size, 3)
+  return jax.jit(functools.partial(init_state, model, optimizer, image_shape=shape))
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def _first_device(tree):
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def _log(is_main: bool, message: str) -> None:
+  if is_main:
+    print(message, flush=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final metrics.
+
+  Returns {'step', 'train': {...}, 'eval': {...}, 'eval_ema': {...}, 'preempted': bool}. Raises
+  config_lib.ConfigError before compiling anything when the config cannot run, and
+  NonFiniteLossError naming the step when the loss becomes NaN or Inf.
+  """
+  from nfnet_jax import evaluate as eval_lib  # pylint: disable=import-outside-toplevel  (it imports this package)
+  run = config_lib.validate(config)
+  c = config
+  is_main = jax.process_index() == 0
+  model, optimizer, schedule = build(run)
+  init_fn = initial_state_fn(run, model, optimizer)
+  rng = jax.random.PRNGKey(c.seed)
+
+  checkpointer = Checkpointer(workdir, keep=c.keep_checkpoints)
+  resume_step = checkpointer.latest_step()
+  # The first batch is read before anything compiles, so data errors surface at once.
+  batches = data_lib.train_iterator(
+      c.dataset, data_dir=c.data_dir, global_batch_size=c.batch_size, image_size=run.image_size,
+      augment=c.augment, seed=c.seed, start_step=resume_step or 0,
+      grad_accum_steps=c.grad_accum_steps, dtype=jnp.bfloat16 if c.bf16 else np.float32)
+  try:
+    first_batch = next(batches)
+  except ValueError as e:
+    raise config_lib.ConfigError(
+        f'config.dataset={c.dataset!r} with config.augment={c.augment!r}: {e}') from None
+  batches = itertools.chain([first_batch], batches)
+
+  if resume_step is not None:
+    state, _ = checkpointer.restore(jax.eval_shape(init_fn, rng), resume_step)
+    _log(is_main, f'Resuming from the checkpoint at step {resume_step} in {workdir}.')
+  else:
+    state = jax.device_get(init_fn(rng))
+  step = int(state.step)
+  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.params))
+  _log(is_main, f'{c.model}: {num_params:,} params | {c.dataset} | global batch {c.batch_size} = '
+       f'{jax.device_count()} devices x {c.grad_accum_steps} micro-batches x '
+       f'{run.per_device_batch} | {run.total_steps} steps ({run.steps_per_epoch} per epoch) | '
+       f'{jax.process_count()} process(es)')
+
+  train_step = make_train_step(
+      model, optimizer, schedule=schedule, num_classes=run.info.num_classes,
+      label_smoothing=c.label_smoothing, bf16=c.bf16, ema_decay=c.ema_decay, augment=c.augment)
+  p_train_step = jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,))
+  p_eval_step = eval_lib.make_eval_step(model, bf16=c.bf16)
+  state = eval_lib.replicate(state)
+
+  writer = MetricWriter(workdir, enabled=is_main)
+  progress = Progress(run.total_steps, c.batch_size, enabled=is_main)
+
+  def evaluate_now(params, model_state):
+    eval_batches = data_lib.eval_iterator(
+        c.dataset, data_dir=c.data_dir, split=run.eval_split, global_batch_size=run.eval_batch_size,
+        image_size=run.eval_image_size, preprocess=c.eval_preprocess)
+    return eval_lib.evaluate(p_eval_step, params, model_state, eval_batches)
+
+  def save(state):
+    checkpointer.save(_first_device(state), config_json(c))
+
+  result = {'step': step, 'train': {}, 'eval': {}, 'eval_ema': {}, 'preempted': False}
+  pending = []           # (step, device metrics) not yet checked for NaN/Inf
+  window = []            # host metrics since the last log line
+  progress.start(step)
+
+  def check_pending():
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, fetched):
+      loss = float(np.asarray(m['loss'])[0])
+      if not math.isfinite(loss):
+        last = checkpointer.latest_step()
+        raise NonFiniteLossError(
+            f'the training loss became {loss} at step {s}; stopped without saving. The last good '
+            f'checkpoint ({"step " + str(last) if last is not None else "none"}) is kept in '
+            f'{workdir}. Lower optimizer.lr, check the data, or resume from that checkpoint.')
+      window.append({k: float(np.asarray(v)[0]) for k, v in m.items()})
+    pending.clear()
+
+  try:
+    with TerminationFlag() as termination:
+      while step < run.total_steps:
+        state, metrics = p_train_step(state, next(batches))
+        step += 1
+        pending.append((step, metrics))
+        last = step == run.total_steps
+        log_now = step % c.log_every_steps == 0 or last
+        stop = termination.requested
+        if jax.process_count() > 1:  # all hosts must agree before a collective save
+          stop = bool(np.any(multihost_utils.process_allgather(np.array(stop)))) if log_now else False
+        save_now = step % c.checkpoint_every_steps == 0 or last or stop
+        eval_now = step % c.eval_every_steps == 0 or last
+        if log_now or save_now or eval_now:
+          check_pending()
+        if log_now:
+          means = {k: float(np.mean([w[k] for w in window])) for k in window[-1]}
+          means.update(progress.update(step, means))
+          writer.write(step, means, prefix='train/')
+          result['train'] = means
+          window.clear()
+        if save_now:
+          save(state)
+        if eval_now:
+          for name, params, model_state in (('eval', state.params, state.model_state),
+                                            ('eval_ema', state.ema_params, state.ema_model_state)):
+            result[name] = evaluate_now(params, model_state)
+            writer.write(step, result[name], prefix=f'{name}/')
+          _log(is_main, f'step {step}: eval top1 {result["eval"]["top1"]:.4f} '
+               f'(EMA {result["eval_ema"]["top1"]:.4f}) on {result["eval"]["num_examples"]} '
+               f'{run.eval_split} examples')
+        if stop:
+          _log(is_main, f'SIGTERM: saved the checkpoint at step {step} in {workdir}; exiting. '
+               'Run the same command again to resume.')
+          result['preempted'] = True
+          break
+  finally:
+    writer.close()
+    checkpointer.close()
+  result['step'] = step
+  result['state'] = jax.device_get(_first_device(state))
+  return result

@@ -1,0 +1,111 @@
+"""The pure training step, pmapped over axis 'batch': forward, loss, all-reduce, optimizer, EMA."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nfnet_jax import data as data_lib
+from nfnet_jax import optim
+from nfnet_jax.train.state import TrainState, ema_decay_at, ema_update
+
+AXIS = 'batch'
+
+
+def cast_floating(tree: Any, dtype) -> Any:
+  """Casts the floating leaves of `tree` to `dtype` (bf16 compute over f32 master weights)."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, smoothing: float) -> jax.Array:
+  """Per-example softmax cross-entropy against soft targets mixed with a uniform distribution."""
+  num_classes = logits.shape[-1]
+  targets = targets * (1.0 - smoothing) + smoothing / num_classes
+  return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """Per-example 1.0 when the label is among the k highest logits (k capped at the class count)."""
+  k = min(k, logits.shape[-1])
+  _, top = jax.lax.top_k(logits, k)
+  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, *,
+                    schedule: optax.Schedule, num_classes: int, label_smoothing: float,
+                    bf16: bool, ema_decay: float, augment: str) -> Callable:
+  """Returns train_step(state, batch) -> (state, metrics), to be pmapped with axis_name='batch'.
+
+  batch['images'] is [grad_accum_steps, per_device, H, W, 3] and batch['labels'] is
+  [grad_accum_steps, per_device]; gradients are averaged over micro-batches (lax.scan) and then over
+  every device of every host, so the update equals that of one step on the whole global batch.
+  """
+  mix_spec = data_lib.parse_augment(augment)
+  compute_dtype = jnp.bfloat16 if bf16 else jnp.float32
+
+  def loss_fn(params, model_state, rng, images, labels):
+    mix_rng, model_rng = jax.random.split(rng)
+    images, targets = data_lib.mix_batch(mix_rng, images, labels, num_classes, mix_spec)
+    outputs, new_model_state = model.apply(
+        cast_floating(params, compute_dtype), model_state, model_rng,
+        images.astype(compute_dtype), is_training=True)
+    logits = outputs['logits'].astype(jnp.float32)
+    loss = jnp.mean(smoothed_cross_entropy(logits, targets, label_smoothing))
+    new_model_state = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                                   new_model_state, model_state)
+    metrics = {'loss': loss,
+               'top1': jnp.mean(topk_correct(logits, labels, 1)),
+               'top5': jnp.mean(topk_correct(logits, labels, 5))}
+    return loss, (new_model_state, metrics)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    # Keys depend on the step and the global device index only, not on the process layout.
+    step_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                                  jax.lax.axis_index(AXIS))
+    images, labels = batch['images'], batch['labels']
+    accum = images.shape[0]
+
+    def micro_step(carry, xs):
+      grad_sum, model_state = carry
+      micro_images, micro_labels, index = xs
+      (_, (model_state, metrics)), grads = grad_fn(
+          state.params, model_state, jax.random.fold_in(step_rng, index), micro_images, micro_labels)
+      return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, model_state), metrics = jax.lax.scan(
+        micro_step, (zeros, state.model_state), (images, labels, jnp.arange(accum)))
+    grads = jax.lax.pmean(jax.tree.map(lambda g: g / accum, grads), AXIS)
+    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    model_state = pmean_floating(model_state)
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(ema_decay, state.step)
+    new_state = TrainState(
+        step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
+        ema_params=ema_update(state.ema_params, params, decay),
+        ema_model_state=ema_update(state.ema_model_state, model_state, decay),
+        rng=state.rng)
+
+    metrics = jax.lax.pmean(metrics, AXIS)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
+    clip_fraction = optim.clip_fraction(opt_state)
+    if clip_fraction is not None:
+      metrics['clip_fraction'] = jax.lax.pmean(jnp.asarray(clip_fraction, jnp.float32), AXIS)
+    return new_state, metrics
+
+  return train_step
+
+
+def pmean_floating(tree: Any) -> Any:
+  """Averages floating leaves over all devices so every replica keeps identical model state."""
+  return jax.tree.map(
+      lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)

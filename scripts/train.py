@@ -1,0 +1,44 @@
+"""Train a model from a config: python scripts/train.py --config=configs/quickstart.py --workdir=DIR.
+
+Override any config key with --config.KEY=VALUE. Restarting the same command resumes from the
+latest checkpoint in --workdir. For several hosts give --coordinator_address, --num_processes and
+--process_id on every host (TPU pods and Slurm are detected without them).
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from nfnet_jax import train
+
+config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/nfnet.py:F0.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard logs.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host only).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host only).')
+flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes) (multi-host only).')
+flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  train.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  try:
+    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except train.NonFiniteLossError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  if result['eval']:
+    print(f"step {result['step']}: top1 {result['eval']['top1']:.4f} "
+          f"(EMA {result['eval_ema']['top1']:.4f}) in {FLAGS.workdir}")
+
+
+if __name__ == '__main__':
+  app.run(main)
