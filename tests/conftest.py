@@ -5,3 +5,24 @@ import os
 # Must happen before jax is imported anywhere in the test session.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import types  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mini_imagenet(tmp_path_factory):
+  """A miniature ImageNet in the official tar layout (10 real synsets × 4 training JPEGs of varied sizes,
+  ILSVRC2012_val_00000001..10.JPEG labelled by tfds's shipped list), prepared by tfds's imagenet2012
+  builder. Fields: data_dir (pass as data_dir=, dataset 'imagenet2012'), manual_dir, synsets,
+  train_files and val_files (file name → synset). Built once per test session (per xdist worker)."""
+  import mini_imagenet as mi  # tests/mini_imagenet.py
+  data_dir, manual_dir, desc = mi.build_prepared(str(tmp_path_factory.mktemp("mini_imagenet")))
+  return types.SimpleNamespace(data_dir=data_dir, manual_dir=manual_dir, **desc)
+
+
+@pytest.fixture(scope="session")
+def mini_imagenet_dir(mini_imagenet):
+  """tfds data_dir holding the prepared miniature 'imagenet2012' (40 train, 10 validation examples)."""
+  return mini_imagenet.data_dir

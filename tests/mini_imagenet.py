@@ -19,6 +19,7 @@ from PIL import Image
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
+TEST_TAR = "ILSVRC2012_img_test.tar"
 
 
 def shipped_validation_labels():
@@ -68,7 +69,7 @@ def _add(tar, name, data):
 
 
 def write_mini_imagenet(manual_dir, *, num_classes=10, train_per_class=4, num_val=10,
-                        min_side=40, max_side=120, noise=0.0, seed=0, corrupt_train=()):
+                        min_side=40, max_side=120, noise=0.0, seed=0, corrupt_train=(), num_test=0):
   """Writes the two ILSVRC2012 tars into `manual_dir`; returns a description dict.
 
   Args:
@@ -80,6 +81,7 @@ def write_mini_imagenet(manual_dir, *, num_classes=10, train_per_class=4, num_va
     noise: standard deviation of per-pixel grain (0 for small, fast files; ~6 for realistic JPEG sizes).
     seed: makes the files reproducible.
     corrupt_train: training file names (e.g. 'n01751748_1.JPEG') written as undecodable bytes.
+    num_test: if > 0, also writes ILSVRC2012_img_test.tar (tfds labels its images -1: no labels).
   """
   os.makedirs(manual_dir, exist_ok=True)
   rng = np.random.default_rng(seed)
@@ -106,6 +108,10 @@ def write_mini_imagenet(manual_dir, *, num_classes=10, train_per_class=4, num_va
       c = synsets.index(synset) if synset in synsets else i
       _add(tar, name, _jpeg(_image(rng, c, num_classes, *sizes(), noise)))
       val_files[name] = synset
+  if num_test:
+    with tarfile.open(os.path.join(manual_dir, TEST_TAR), "w") as tar:
+      for i in range(num_test):
+        _add(tar, f"ILSVRC2012_test_{i + 1:08d}.JPEG", _jpeg(_image(rng, i, num_classes, *sizes(), noise)))
   return {"synsets": synsets, "train_files": train_files, "val_files": val_files}
 
 
@@ -113,3 +119,14 @@ def write_realistic_mini_imagenet(manual_dir, *, num_classes=10, train_per_class
   """ImageNet-like file sizes for throughput measurements: ~300-500 px sides, grainy JPEGs."""
   return write_mini_imagenet(manual_dir, num_classes=num_classes, train_per_class=train_per_class,
                              num_val=num_val, min_side=300, max_side=500, noise=6.0, seed=seed)
+
+
+def build_prepared(root, **kwargs):
+  """Writes a miniature ImageNet under root/manual and prepares it into root/data with tfds's builder
+  (through nfnet_jax.data.imagenet.prepare_imagenet, as scripts/prepare_imagenet.py does).
+  Returns (data_dir, manual_dir, description)."""
+  from nfnet_jax.data.imagenet import prepare_imagenet  # pylint: disable=g-import-not-at-top
+  manual_dir, data_dir = os.path.join(root, "manual"), os.path.join(root, "data")
+  description = write_mini_imagenet(manual_dir, **kwargs)
+  prepare_imagenet(manual_dir, data_dir, log=lambda msg: None)
+  return data_dir, manual_dir, description

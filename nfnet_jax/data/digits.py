@@ -79,17 +79,19 @@ def train_iterator(*, global_batch_size: int, image_size: int, spec: AugmentSpec
       perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
     return perms[epoch]
 
-  step = start_step
-  while True:
-    pos = np.arange(step * global_batch_size, (step + 1) * global_batch_size)
-    epochs, within = np.divmod(pos, n)
-    idx = np.empty_like(pos)
-    for e in np.unique(epochs):
-      sel = epochs == e
-      idx[sel] = order(int(e))[within[sel]]
-    idx = idx.reshape(layout.global_devices, grad_accum_steps, per_device)[lo:lo + layout.local_devices]
-    yield {"images": _cast(images[idx], dtype), "labels": labels[idx]}
-    step += 1
+  def batches(step):
+    while True:
+      pos = np.arange(step * global_batch_size, (step + 1) * global_batch_size)
+      epochs, within = np.divmod(pos, n)
+      idx = np.empty_like(pos)
+      for e in np.unique(epochs):
+        sel = epochs == e
+        idx[sel] = order(int(e))[within[sel]]
+      idx = idx.reshape(layout.global_devices, grad_accum_steps, per_device)[lo:lo + layout.local_devices]
+      yield {"images": _cast(images[idx], dtype), "labels": labels[idx]}
+      step += 1
+
+  return batches(start_step)
 
 
 def eval_iterator(*, split: str, global_batch_size: int, image_size: int, dtype, layout: layout_lib.Layout):
@@ -98,6 +100,10 @@ def eval_iterator(*, split: str, global_batch_size: int, image_size: int, dtype,
   local_batch = layout.local_devices * per_device
   images, labels = _split_images(split, image_size)
   start, end = layout_lib.shard_range(len(labels), layout)
+  return _eval_batches(images, labels, start, end, local_batch, per_device, dtype, layout)
+
+
+def _eval_batches(images, labels, start, end, local_batch, per_device, dtype, layout):
   for b in range(layout_lib.eval_num_batches(len(labels), layout, local_batch)):
     idx = np.arange(start + b * local_batch, start + (b + 1) * local_batch)
     mask = idx < end
