@@ -179,14 +179,16 @@ def weight_decay_mask(params) -> Any:
   """True for the parameters that get weight decay.
 
   Excluded, as in DeepMind's recipe: leaves named 'b', 'scale', 'offset' or containing 'gain' or
-  'bias' (gains, biases, skip gains, BN scale/offset); also any other scalar or vector.
+  'bias' (gains, biases, skip gains, BN scale/offset); also any other scalar or vector (at most
+  one dimension larger than 1), whatever its name.
   """
   paths, leaves, treedef = _flat(params)
   decay = []
   for path, leaf in zip(paths, leaves):
     name = path.rpartition('/')[2]
+    vector_like = sum(1 for d in np.shape(leaf) if d != 1) <= 1
     no_decay = (name in _NO_DECAY_NAMES or any(s in name for s in _NO_DECAY_SUBSTRINGS)
-                or np.ndim(leaf) <= 1)
+                or vector_like)
     decay.append(not no_decay)
   return jax.tree_util.tree_unflatten(treedef, decay)
 
