@@ -84,19 +84,31 @@ def count_macs(fn: Callable[..., Any], *args, **kwargs) -> Dict[str, int]:
   return totals
 
 
-def _abstract_model(name: str, image_size: int, num_classes: int, overrides: Dict[str, Any]):
-  from nfnet_jax import models  # local: flops is usable on any function without the model zoo
-  if not isinstance(image_size, (int, np.integer)) or image_size < 1:
-    raise ValueError(f"image_size must be a positive int, got {image_size!r}.")
-  model = models.create(name, num_classes=num_classes, **overrides)
-  images = jax.ShapeDtypeStruct((1, int(image_size), int(image_size), 3), np.float32)
+@functools.lru_cache(maxsize=8)
+def _abstract_model(name: str, num_classes: int, overrides: tuple):
+  """The model and its params/state as shape structs (no weights allocated); these convnets' params do not
+  depend on the input size, so they are built once at the smallest size."""
+  from nfnet_jax import models  # local: count_macs is usable on any function without the model zoo
+  model = models.create(name, num_classes=num_classes, **dict(overrides))
+  size = models.get_spec(name).min_image_size
+  images = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
   params, state = jax.eval_shape(functools.partial(model.init, is_training=True), jax.random.PRNGKey(0), images)
-  return model, params, state, images
+  return model, params, state
 
 
 def _forward_macs(name, image_size, num_classes, overrides) -> Dict[str, int]:
-  model, params, state, images = _abstract_model(name, image_size, num_classes, overrides)
+  model, params, state = _abstract_model(name, num_classes, _freeze(overrides))
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
   return count_macs(model.apply, params, state, None, images, is_training=False)
+
+
+def _freeze(overrides: Dict[str, Any]) -> tuple:
+  items = tuple(sorted(overrides.items()))
+  try:
+    hash(items)
+  except TypeError:
+    raise ValueError(f"model overrides must be hashable values (use tuples, not lists): {overrides}") from None
+  return items
 
 
 def count_flops(name: str, image_size: int, *, num_classes: int = 1000, fractional_sizes: bool = False,
@@ -113,8 +125,9 @@ def count_flops(name: str, image_size: int, *, num_classes: int = 1000, fraction
   """
   from nfnet_jax import models
   min_size = models.get_spec(name).min_image_size
-  if isinstance(image_size, (int, np.integer)) and image_size < min_size:
-    raise ValueError(f"{name} needs images of at least {min_size}px, got {image_size}.")
+  if not isinstance(image_size, (int, np.integer)) or image_size < min_size:
+    raise ValueError(f"{name} needs an int image_size of at least {min_size}px, got {image_size!r}.")
+  image_size = int(image_size)
   if not fractional_sizes:
     return _forward_macs(name, image_size, num_classes, overrides)["total"]
   # At sizes where every stride divides evenly, MACs = a * size**2 + b exactly (convs scale with the input
@@ -129,7 +142,5 @@ def count_flops(name: str, image_size: int, *, num_classes: int = 1000, fraction
 
 def count_params(name: str, *, num_classes: int = 1000, **overrides) -> int:
   """Number of trainable parameters of model ``name`` (BatchNorm moving statistics excluded)."""
-  from nfnet_jax import models
-  size = models.get_spec(name).min_image_size
-  _, params, _, _ = _abstract_model(name, size, num_classes, overrides)
+  _, params, _ = _abstract_model(name, num_classes, _freeze(overrides))
   return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))

@@ -66,7 +66,7 @@ def test_count_macs_multiplies_scan_bodies_and_takes_costliest_cond_branch():
 
 def test_count_macs_agrees_with_xla_cost_analysis():
   net, params, _ = _tiny_setup()
-  real = net.init(jax.random.PRNGKey(0), jnp.ones((2, 15, 15, 3)))
+  real = jax.jit(net.init)(jax.random.PRNGKey(0), jnp.ones((2, 15, 15, 3)))
   x = jnp.ones((2, 32, 32, 3))
   compiled = jax.jit(net.apply).lower(real, x).compile()
   cost = compiled.cost_analysis()
@@ -75,3 +75,65 @@ def test_count_macs_agrees_with_xla_cost_analysis():
   # XLA counts 2 FLOPs per multiply-add plus a little elementwise work.
   assert macs == pytest.approx(cost["flops"] / 2, rel=0.05)
   assert macs <= cost["flops"] / 2
+
+
+# DeepMind's published table (NFNet paper, Table 1 / README): test size, GFLOPs (MACs), params in millions.
+_PUBLISHED = {
+    "F0": (256, 12.38, 71.5), "F1": (320, 35.54, 132.6), "F2": (352, 62.59, 193.8), "F3": (416, 114.76, 254.9),
+    "F4": (512, 215.24, 316.1), "F5": (544, 289.76, 377.2), "F6": (576, 377.28, 438.4),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(_PUBLISHED))
+def test_nfnet_flops_and_params_reproduce_published_table(variant):
+  official = _layout(f"nfnet_{variant}")
+  size, gflops, mparams = _PUBLISHED[variant]
+  name = f"nfnet_{variant.lower()}"
+  macs = flops.count_flops(name, size)
+  assert macs == official["flops_test_imsize"]  # exact, to the multiply-add
+  assert round(macs / 1e9, 2) == gflops
+  assert round(flops.count_params(name) / 1e6, 1) == mparams
+  assert flops.count_params(name) == official["num_params"]
+  assert macs == pytest.approx(official["xla_flops_fwd_b1_test_imsize"] / 2, rel=0.02)
+
+
+def test_nfnet_train_size_count():
+  official = _layout("nfnet_F0")
+  assert flops.count_flops("nfnet_f0", official["train_imsize"]) == official["flops_train_imsize"]
+
+
+@pytest.mark.parametrize("variant", ["B0", "B2"])
+def test_nf_regnet_fractional_sizes_reproduce_official_counts(variant):
+  official = _layout(f"nf_regnet_{variant}")
+  name = f"nf_regnet_{variant.lower()}"
+  for which in ("train", "test"):
+    size = official["flops_imsizes_used"][which]
+    assert flops.count_flops(name, size, fractional_sizes=True) == official[f"flops_{which}_imsize"]
+  # B2's 272 px test size is not a multiple of 32: the real (padded) network does more work than the table says.
+  size = official["test_imsize"]
+  exact = flops.count_flops(name, size)
+  assert (exact == official["flops_test_imsize"]) == (size % 32 == 0)
+  assert exact >= official["flops_test_imsize"]
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+def test_nf_resnet_count_is_right_where_the_official_one_is_not(depth):
+  official = _layout(f"nf_resnet_ResNet{depth}")
+  macs = flops.count_flops(f"nf_resnet{depth}", 224)
+  xla_macs = official["xla_flops_fwd_b1_test_imsize"] / 2  # XLA counts 2 FLOPs per multiply-add
+  assert macs == pytest.approx(xla_macs, rel=0.02)
+  # DeepMind's counter forgets the stem max-pool (4x the area in every stage) and double-divides the strided
+  # shortcut, so its NF-ResNet numbers are several times too large.
+  assert official["flops_test_imsize"] > 3 * macs
+  if depth == 50:
+    assert round(macs / 1e9, 2) == 4.09
+
+
+def test_bad_arguments_are_refused_before_tracing():
+  with pytest.raises(ValueError, match="at least"):
+    flops.count_flops("nfnet_f0", 8)
+  with pytest.raises(ValueError, match="int image_size"):
+    flops.count_flops("nfnet_f0", 224.0)
+  with pytest.raises(ValueError, match="nfnet_f0"):
+    flops.count_flops("nfnet_f99", 224)
