@@ -1,7 +1,7 @@
 """The NFNet optimizer built from optax: AGC, coupled weight decay, Nesterov SGD, warmup-cosine.
 
 With the defaults of `get_config()` the optimizer equals DeepMind's `SGD_AGC` recipe for NFNets
-(Brock, De, Smith & Simonyan 2021, Sec. 4 and Appendix C) step for step: per parameter,
+(Brock, De, Smith & Simonyan 2021, Sec. 4; deepmind-research/nfnets) step for step: per parameter,
   1. AGC (Eq. 3) on every parameter except the final classifier weight;
   2. g += weight_decay * w on everything except gains, biases and BN scale/offset;
   3. m <- momentum * m + g;  g <- g + momentum * m (Nesterov, no dampening);

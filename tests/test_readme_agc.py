@@ -30,8 +30,8 @@ def test_readme_agc_example_runs_and_masks_the_classifier(capsys):
   params, optimizer = namespace['params'], namespace['optimizer']
   assert set(params) == {'conv', 'classifier'}
   huge = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e3), params)
-  ours, _ = optimizer.update(huge, optimizer.init(params), params)
+  ours, _ = jax.jit(optimizer.update)(huge, optimizer.init(params), params)
   sgd = optax.sgd(learning_rate=0.1, momentum=0.9, nesterov=True)
-  plain, _ = sgd.update(huge, sgd.init(params), params)
+  plain, _ = jax.jit(sgd.update)(huge, sgd.init(params), params)
   np.testing.assert_array_equal(ours['classifier']['w'], plain['classifier']['w'])
   assert np.abs(ours['conv']['w']).max() < 1e-2 * np.abs(plain['conv']['w']).max()
