@@ -154,7 +154,8 @@ def adaptive_grad_clip(clipping: float,
   composes with any optax optimizer, e.g. `optax.chain(adaptive_grad_clip(0.01), optax.sgd(lr))`.
 
   On scalars, vectors, 2-D linear weights, 4-D and 5-D conv kernels without a mask, the result
-  equals `optax.adaptive_grad_clip(clipping, eps)` (float32). Over it, this one adds:
+  equals `optax.adaptive_grad_clip(clipping, eps)` bit for bit (float32, with or without jit).
+  Over it, this one adds:
     * a per-leaf choice of reduction axes (pytree or function of the path), where optax has one
       `axis` for the whole tree; by default 3-D kernels are 1-D convs (W, in, out) with one unit
       per output channel, where optax assumes multi-head linears (axis 0);
