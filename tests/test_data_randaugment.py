@@ -103,3 +103,14 @@ def test_cutout_fills_a_square():
   rows, cols = np.nonzero(filled)
   assert 0 < filled.sum() <= 144
   assert filled.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+
+
+@pytest.mark.parametrize("matrix", [[1.0, 0.3, 0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, -0.3, 1.0, 0.0],
+                                    [1.0, 0.0, -50.0, 0.0, 1.0, 0.0], [0.9659, -0.2588, 9.2, 0.2588, 0.9659, -7.1]])
+def test_transform_matches_tf_projective_transform(matrix):
+  img = _test_image(37, 45)
+  ours = ra.transform(tf.constant(img), matrix).numpy()
+  theirs = tf.raw_ops.ImageProjectiveTransformV3(
+      images=tf.constant(img)[None], transforms=tf.constant([matrix + [0.0, 0.0]], tf.float32),
+      output_shape=[37, 45], fill_value=128.0, interpolation="NEAREST", fill_mode="CONSTANT")[0].numpy()
+  assert np.mean(np.any(ours != theirs, axis=-1)) < 0.005  # ties at exactly .5 may round apart
