@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 import mini_imagenet as mi
 import nfnet_jax.data as data
@@ -101,8 +102,15 @@ def test_eval_rejects_bad_arguments(mini_imagenet):
     data.eval_iterator("imagenet2012", split="validation", preprocess="resize", **kw)
   with pytest.raises(ValueError, match="no split 'valid'"):
     data.eval_iterator("imagenet2012", split="valid", **kw)
-  with pytest.raises(ValueError, match="multiple of global devices"):
-    data.eval_iterator("imagenet2012", split="validation", **dict(kw, global_batch_size=6))
+  with pytest.raises(ValueError, match="positive"):
+    data.eval_iterator("imagenet2012", split="validation", **dict(kw, global_batch_size=0))
+
+
+def test_eval_batch_size_not_a_multiple_of_devices_is_padded(mini_imagenet):
+  batches = list(data.eval_iterator("imagenet2012", data_dir=mini_imagenet.data_dir, split="validation",
+                                    global_batch_size=6, image_size=24, local_devices=4))
+  assert [b["images"].shape[:2] for b in batches] == [(4, 2)] * 2  # 6 rounds up to 8 per batch
+  assert sum(int(b["mask"].sum()) for b in batches) == 10
 
 
 def test_prepare_script(mini_imagenet, tmp_path, capsys):
@@ -182,3 +190,42 @@ def test_digits_epoch_is_a_permutation():
     _digits_train(augment="randaugment_405", local_devices=1)
   with pytest.raises(ValueError, match="multiple of global devices"):
     _digits_train(global_batch_size=6, local_devices=4)
+
+
+class NfnetTinyPng(tfds.core.GeneratorBasedBuilder):
+  """A real (tiny) tfds dataset of PNG images with train/test splits, like cifar10."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+            "label": tfds.features.ClassLabel(num_classes=3), "id": tfds.features.Text()}),
+        supervised_keys=("image", "label"))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(12), "test": self._generate_examples(5)}
+
+  def _generate_examples(self, n):
+    rng = np.random.default_rng(n)
+    for i in range(n):
+      size = (int(rng.integers(20, 40)), int(rng.integers(20, 40)), 3)
+      yield i, {"image": np.full(size, 40 * (i % 3) + 20, np.uint8), "label": i % 3, "id": f"png{i}"}
+
+
+def test_other_tfds_dataset_by_name(tmp_path):
+  NfnetTinyPng(data_dir=str(tmp_path)).download_and_prepare()
+  info = data.get_info("nfnet_tiny_png", str(tmp_path))
+  assert (info.num_classes, info.splits, info.eval_split) == (3, {"train": 12, "test": 5}, "test")
+  assert not info.is_jpeg
+  batch = next(data.train_iterator("nfnet_tiny_png", data_dir=str(tmp_path), global_batch_size=4,
+                                   image_size=16, augment="randaugment_205", seed=0, local_devices=2))
+  assert batch["images"].shape == (2, 1, 2, 16, 16, 3) and _in_range(batch["images"])
+  labels = []
+  for b in data.eval_iterator("nfnet_tiny_png", data_dir=str(tmp_path), split="test",
+                              global_batch_size=2, image_size=16, local_devices=2):
+    labels += b["labels"][b["mask"]].tolist()
+    # Each test image is one flat grey level set by its label: a wrong label would show.
+    grey = b["images"][..., 0] * data.STDDEV_RGB[0] + data.MEAN_RGB[0]
+    np.testing.assert_allclose(grey[b["mask"]].mean(axis=(1, 2)), 40 * b["labels"][b["mask"]] + 20, atol=1)
+  assert sorted(labels) == [0, 0, 1, 1, 2]

@@ -8,7 +8,8 @@ Public API (the trainer and the benchmark rely on it):
   eval_iterator(dataset, *, data_dir, split, global_batch_size, image_size, preprocess='resize_crop_32',
                 dtype=np.float32) -> finite iterator of
       {'images': [local_devices, per_device, S, S, 3], 'labels', 'mask'}; every example of this
-      process's shard once, padding rows have mask False.
+      process's shard once, padding rows have mask False; per_device = ceil(global_batch_size /
+      global devices) (any batch size works); every process yields the same number of batches.
   parse_augment(augment) -> AugmentSpec;  mix_batch(rng, images, labels, num_classes, spec)
 Both iterators take keyword-only `process_index`, `process_count` and `local_devices` (default: jax's)
 so that tests and tools can simulate other layouts.
@@ -47,7 +48,14 @@ def train_iterator(dataset: str, *, data_dir: Optional[str], global_batch_size: 
                    augment: str, seed: int, start_step: int = 0, grad_accum_steps: int = 1,
                    dtype=np.float32, process_index: Optional[int] = None,
                    process_count: Optional[int] = None, local_devices: Optional[int] = None):
-  """Endless, shuffled, augmented training batches for this process (see the module docstring)."""
+  """Endless, shuffled, augmented training batches for this process (see the module docstring).
+
+  augment: see `parse_augment`; RandAugment runs here, MixUp/CutMix run in the train step (`mix_batch`).
+  global_batch_size must be a multiple of global devices × grad_accum_steps.
+  start_step: resume point. For digits the stream continues exactly; for tfds datasets the stream is
+  re-seeded from (seed, process, start_step): same distribution, not the same examples.
+  dtype: np.float32 or bfloat16 (jnp.bfloat16 / 'bfloat16').
+  """
   _check_common(image_size, dtype)
   spec = parse_augment(augment)
   layout = resolve_layout(process_index, process_count, local_devices)
@@ -63,7 +71,11 @@ def eval_iterator(dataset: str, *, data_dir: Optional[str], split: str, global_b
                   image_size: int, preprocess: str = "resize_crop_32", dtype=np.float32,
                   process_index: Optional[int] = None, process_count: Optional[int] = None,
                   local_devices: Optional[int] = None):
-  """Every example of this process's shard of `split` exactly once, padded batches with a mask."""
+  """Every example of this process's shard of `split` exactly once, padded batches with a mask.
+
+  preprocess: 'resize_crop_32' (bicubic resize to (S+32)², centre crop S; DeepMind's NFNet eval) or
+  'crop_resize' (centre crop of 87.5% of the short side, bicubic resize to S²).
+  """
   _check_common(image_size, dtype)
   if preprocess not in EVAL_PREPROCESS:
     raise ValueError(f"Unknown eval preprocess {preprocess!r}; choose one of {EVAL_PREPROCESS}")

@@ -96,7 +96,7 @@ def train_iterator(*, global_batch_size: int, image_size: int, spec: AugmentSpec
 
 def eval_iterator(*, split: str, global_batch_size: int, image_size: int, dtype, layout: layout_lib.Layout):
   INFO.check_split(split)
-  per_device = layout_lib.per_device_batch(global_batch_size, layout)
+  per_device = layout_lib.eval_per_device_batch(global_batch_size, layout)
   local_batch = layout.local_devices * per_device
   images, labels = _split_images(split, image_size)
   start, end = layout_lib.shard_range(len(labels), layout)

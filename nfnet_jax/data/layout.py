@@ -44,6 +44,14 @@ def per_device_batch(global_batch_size: int, layout: Layout, grad_accum_steps: i
   return global_batch_size // parts
 
 
+def eval_per_device_batch(global_batch_size: int, layout: Layout) -> int:
+  """Examples per device per eval batch: the global batch rounded up to a multiple of the devices
+  (the extra rows are padding with mask False, so any batch size works)."""
+  if global_batch_size < 1:
+    raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+  return math.ceil(global_batch_size / layout.global_devices)
+
+
 def shard_range(num_examples: int, layout: Layout):
   """[start, end) of this process's contiguous slice; sizes differ by at most one, larger ones first."""
   base, rem = divmod(num_examples, layout.process_count)

@@ -5,7 +5,10 @@ import tensorflow as tf
 from nfnet_jax.data import randaugment as ra
 
 # Keep TensorFlow off the accelerators: JAX owns them.
-tf.config.set_visible_devices([], "GPU")
+try:
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TensorFlow was initialised before this import; leave it as the user set it
+  pass
 
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)

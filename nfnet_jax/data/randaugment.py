@@ -3,7 +3,7 @@
 The op set, the magnitude-to-argument mapping (maximum level 10) and the fill value 128 are those of the
 TPU/DeepMind NFNet implementation: each of `num_layers` layers applies one op drawn uniformly from
 `OP_NAMES`, always, at the fixed magnitude; rotate, shear and translate get a random sign.
-Cheaper formulations than that implementation (about 2.5× less CPU per image), same outputs:
+Cheaper formulations (about 2× less CPU per image than per-pixel where/transform versions), same outputs:
   * one `switch_case` per layer runs only the chosen op;
   * ops whose argument makes them the identity at the chosen magnitude (e.g. Color/Contrast/Brightness/
     Sharpness at magnitude 5, factor 1.0; Solarize with threshold ≥ 256) are skipped at graph build time;

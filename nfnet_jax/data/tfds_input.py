@@ -170,7 +170,7 @@ def train_iterator(info: DatasetInfo, *, data_dir, global_batch_size: int, image
 
 def eval_iterator(info: DatasetInfo, *, data_dir, split: str, global_batch_size: int, image_size: int,
                   preprocess: str, dtype, layout: layout_lib.Layout) -> Iterator[dict]:
-  per_device = layout_lib.per_device_batch(global_batch_size, layout)
+  per_device = layout_lib.eval_per_device_batch(global_batch_size, layout)
   local_batch = layout.local_devices * per_device
   num_examples = info.check_split(split)
   start, end = layout_lib.shard_range(num_examples, layout)
