@@ -1,0 +1,149 @@
+"""Normalizer-Free pre-activation ResNets (Brock, De & Smith 2021, "Characterizing signal
+propagation to close the performance gap in unnormalized ResNets", arXiv:2101.08692).
+
+Each block computes h_{i+1} = h_i + α · g · f_i(h_i / β_i) (sec. 4.1), with Scaled Weight
+Standardized convs (eq. 3), γ-scaled activations (sec. 4.2) and a SkipInit gain g.
+Module paths equal DeepMind's `nfnets/nf_resnet.py`, e.g. 'NF_ResNet/~/nf_res_block_7/~/conv1'.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import haiku as hk
+import jax.numpy as jnp
+
+from nfnet_jax import layers
+from nfnet_jax.models import base
+from nfnet_jax.models.resnet import DEPTHS, STAGE_CHANNELS, STAGE_STRIDES, check_depth
+
+
+def _plain_conv(output_channels, kernel_shape, stride=1, padding='SAME', name=None):
+  """Unstandardized conv with bias and the same fan-in normal init as WSConv2D's `w`."""
+  return hk.Conv2D(output_channels, kernel_shape, stride=stride, padding=padding,
+                   with_bias=True,
+                   w_init=hk.initializers.VarianceScaling(1.0, 'fan_in', 'normal'),
+                   name=name)
+
+
+class NFResBlock(hk.Module):
+  """Bottleneck block h + α · g · f(act(h) · β); projection shortcut on downsample/width change."""
+
+  def __init__(self, in_ch: int, out_ch: int, stride: int = 1, beta: float = 1.0,
+               alpha: float = 0.2, activation=None, which_conv=layers.WSConv2D,
+               stochdepth_rate: float = 0.0, skipinit_gain: float = 0.0,
+               use_se: bool = False, se_ratio: float = 0.25, bottleneck_ratio: float = 0.25,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
+    self.beta, self.alpha = beta, alpha
+    self.activation = activation or layers.get_activation('relu')
+    # A float is the initial value of g; an hk initializer (e.g. jnp.zeros) is used as is.
+    self.skip_init = (skipinit_gain if callable(skipinit_gain)
+                      else hk.initializers.Constant(float(skipinit_gain)))
+    width = int(out_ch * bottleneck_ratio)
+    self.conv0 = which_conv(width, 1, name='conv0')
+    self.conv1 = which_conv(width, 3, stride=stride, name='conv1')
+    self.conv2 = which_conv(out_ch, 1, name='conv2')
+    self.use_projection = stride > 1 or in_ch != out_ch
+    if self.use_projection:
+      self.conv_shortcut = which_conv(out_ch, 1, stride=stride, name='conv_shortcut')
+    self.stoch_depth = (layers.StochasticDepth(stochdepth_rate)
+                        if 0.0 < stochdepth_rate < 1.0 else None)
+    self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio) if use_se else None
+
+  def __call__(self, x, is_training: bool):
+    out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
+    shortcut = self.conv_shortcut(out) if self.use_projection else x
+    out = self.conv0(out)
+    out = self.conv1(self.activation(out))
+    out = self.conv2(self.activation(out))
+    if self.se is not None:
+      out = self.se(out)
+    res_avg_var = layers.signal_stats(out)['avg_var']
+    if self.stoch_depth is not None:
+      out = self.stoch_depth(out, is_training)
+    out = layers.skip_gain(out, init=self.skip_init)
+    return out * jnp.asarray(self.alpha, out.dtype) + shortcut, res_avg_var
+
+
+class NF_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module name)
+  """NF-ResNet-{50...600}: BN-free pre-activation ResNet with Scaled WS (or plain convs).
+
+  Args:
+    num_classes: classifier outputs.
+    depth: 50, 101, 152, 200, 288 or 600, or 4 blocks-per-stage counts.
+    width: channel multiplier; stage outputs are (64, 128, 256, 512) · width.
+    alpha: α, the residual branch scale (sec. 4.1).
+    stochdepth_rate: final block's stochastic depth rate; block i uses rate · i / num_blocks.
+    drop_rate: dropout before the classifier (training only).
+    activation: name of a γ-scaled activation in `layers.get_activation`.
+    skipinit_gain: initial SkipInit gain g (0 as released; 1 to see the α²-growth of the
+      variance in signal propagation plots), or an hk initializer.
+    use_se: squeeze-and-excite (×2 rescaled) on each residual branch, hidden = se_ratio · out.
+    use_ws: Scaled Weight Standardization; False gives plain convs with bias (the paper's
+      "without Scaled WS" comparison).
+    fc_init: classifier weight init, N(0, 0.01) by default.
+  """
+
+  def __init__(self, num_classes: int = 1000, depth: int | tuple[int, ...] = 50,
+               width: int = 4,
+               alpha: float = 0.2, stochdepth_rate: float = 0.1, drop_rate: float = 0.0,
+               activation: str = 'relu', skipinit_gain: float = 0.0,
+               use_se: bool = False, se_ratio: float = 0.25, use_ws: bool = True,
+               fc_init=None, name: str = 'NF_ResNet'):
+    super().__init__(name=name)
+    depth_pattern = check_depth(depth)
+    if width < 1:
+      raise ValueError(f'width must be a positive integer, got {width}.')
+    if not 0.0 <= drop_rate < 1.0:
+      raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
+    if not 0.0 <= stochdepth_rate < 1.0:
+      raise ValueError(f'stochdepth_rate must be in [0, 1), got {stochdepth_rate}.')
+    self.num_classes = num_classes
+    self.activation = layers.get_activation(activation)
+    self.drop_rate = drop_rate
+    which_conv = layers.WSConv2D if use_ws else _plain_conv
+    ch = 16 * width
+    self.initial_conv = which_conv(ch, 7, stride=2, name='initial_conv')
+    betas = layers.residual_betas(depth_pattern, alpha)
+    rates = layers.stochdepth_rates(sum(depth_pattern), stochdepth_rate)
+    self.blocks, self.transitions = [], []
+    for mult, stage_depth, stride in zip(STAGE_CHANNELS, depth_pattern, STAGE_STRIDES):
+      for i in range(stage_depth):
+        index = len(self.blocks)
+        self.blocks.append(NFResBlock(
+            ch, mult * width, stride=stride if i == 0 else 1, beta=betas[index],
+            alpha=alpha, activation=self.activation, which_conv=which_conv,
+            stochdepth_rate=rates[index], skipinit_gain=skipinit_gain,
+            use_se=use_se, se_ratio=se_ratio))
+        self.transitions.append(i == 0)
+        ch = mult * width
+    self.fc = hk.Linear(num_classes, w_init=fc_init or hk.initializers.RandomNormal(0.01),
+                        with_bias=True, name='linear')
+
+  def __call__(self, x, is_training: bool = True, return_metrics: bool = False):
+    out = self.initial_conv(x)
+    out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
+    stats = []
+    for block in self.blocks:
+      out, res_avg_var = block(out, is_training)
+      if return_metrics:
+        stats.append(dict(layers.signal_stats(out), res_avg_var=res_avg_var))
+    pool = jnp.mean(self.activation(out).astype(jnp.float32), axis=(1, 2))
+    if self.drop_rate > 0.0 and is_training:
+      pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
+    outputs = {'logits': self.fc(pool.astype(out.dtype)).astype(jnp.float32)}
+    if return_metrics:
+      outputs['signal'] = base.stack_signal(stats, self.transitions)
+    return outputs
+
+
+def _spec(depth: int) -> base.ModelSpec:
+  return base.ModelSpec(
+      name=f'nf_resnet{depth}', family='nf_resnet', train_image_size=224,
+      test_image_size=224, drop_rate=0.0, min_image_size=32,
+      official_layout=f'nf_resnet_ResNet{depth}', default_kwargs={'depth': depth},
+      constructor=NF_ResNet)
+
+
+SPECS: list[base.ModelSpec] = [_spec(d) for d in DEPTHS]
