@@ -88,6 +88,6 @@ def eval_image(encoded, image_size: int, preprocess: str = "resize_crop_32", is_
 
 def normalize(images, dtype=tf.float32):
   """(x - ImageNet mean) / ImageNet std per channel, on any leading shape; cast to dtype."""
-  x = tf.cast(images, tf.float32)
-  x = (x - tf.constant(MEAN_RGB, tf.float32)) / tf.constant(STDDEV_RGB, tf.float32)
-  return tf.cast(x, dtype)
+  scale = tf.constant([1.0 / s for s in STDDEV_RGB], tf.float32)
+  shift = tf.constant([-m / s for m, s in zip(MEAN_RGB, STDDEV_RGB)], tf.float32)
+  return tf.cast(tf.cast(images, tf.float32) * scale + shift, dtype)
