@@ -82,7 +82,7 @@ def _checked_label(example, info: DatasetInfo, start: int, index):
   """The int32 label; stops with the example's name when it is outside [0, num_classes)."""
   label = tf.cast(example[info.label_key], tf.int32)
   name = example[info.name_key] if info.name_key else tf.strings.format(
-      "example {} of split", index + start)
+      "record {} (in read order, from {})", (index, start))
   ok = tf.logical_and(label >= 0, label < info.num_classes)
   with tf.control_dependencies([tf.debugging.Assert(ok, [
       "Bad label in dataset", info.name, "for", name, "label", label, "num_classes", info.num_classes])]):
@@ -181,8 +181,8 @@ def eval_iterator(info: DatasetInfo, *, data_dir, split: str, global_batch_size:
 
   def parse(index, example):
     image = preprocessing.eval_image(example[info.image_key], image_size, preprocess, info.is_jpeg)
-    return {"images": preprocessing.normalize(image, tf_dtype), "labels": _checked_label(example, info, start, index),
-            "mask": tf.constant(True)}
+    return {"images": preprocessing.normalize(image, tf_dtype),
+            "labels": _checked_label(example, info, start, index), "mask": tf.constant(True)}
 
   padding = tf.data.Dataset.from_tensors({
       "images": tf.zeros([image_size, image_size, 3], tf_dtype),
