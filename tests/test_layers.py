@@ -190,3 +190,31 @@ def test_signal_stats_of_known_tensor():
   assert stats["avg_sq_mean"].dtype == jnp.float32
   np.testing.assert_allclose(stats["avg_sq_mean"], 2.0)
   np.testing.assert_allclose(stats["avg_var"], 0.5)
+
+
+def test_split_grouped_conv_equals_native_in_value_and_gradient():
+  def loss(params, x, impl):
+    model = hk.without_apply_rng(hk.transform(
+        lambda x: layers.WSConv2D(12, 3, stride=2, feature_group_count=3, conv_impl=impl,
+                                  name="c")(x)))
+    return jnp.sum(jnp.sin(model.apply(params, x)))
+
+  x = _normal((2, 9, 9, 6), 5)
+  init = hk.transform(lambda x: layers.WSConv2D(12, 3, feature_group_count=3, name="c")(x))
+  params = jax.jit(init.init)(jax.random.PRNGKey(0), x)
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+  (v_native, g_native), (v_split, g_split) = grad(params, x, "native"), grad(params, x, "split")
+  np.testing.assert_allclose(v_split, v_native, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_split), jax.tree.leaves(g_native)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_impl_resolution():
+  assert layers.resolve_conv_impl("native", 4) == "native"
+  assert layers.resolve_conv_impl("split", 4) == "split"
+  assert layers.resolve_conv_impl("auto", 1) == "native"
+  expected = "split" if jax.default_backend() == "cpu" else "native"
+  assert layers.resolve_conv_impl("auto", 4) == expected
+  assert layers.resolve_conv_impl("auto", layers.MAX_SPLIT_GROUPS + 1) == "native"
+  with pytest.raises(ValueError, match="conv_impl"):
+    hk.transform(lambda: layers.WSConv2D(8, 3, conv_impl="fast")).init(None)

@@ -188,3 +188,19 @@ def test_regnet_bfloat16_forward(regnet):
   assert out["logits"].dtype == jnp.float32
   assert out["signal"]["avg_var"].dtype == jnp.float32
   np.testing.assert_allclose(out["logits"], ref["logits"], rtol=0.1, atol=0.05)
+
+
+def test_regnet_remat_wraps_every_block_and_keeps_params(regnet):
+  model, params, state, images, _ = regnet
+  remat = models.create("nf_regnet_b0", num_classes=5, remat=True)
+  shapes, _ = jax.eval_shape(remat.init, jax.random.PRNGKey(0), images)
+  assert jax.tree.map(np.shape, shapes) == jax.tree.map(np.shape, params)
+
+  def n_checkpoints(m):
+    jaxpr = jax.make_jaxpr(lambda p: m.apply(p, state, jax.random.PRNGKey(0), images, True))
+    text = str(jaxpr(params))
+    return text.count("checkpoint[") + text.count("remat2[")
+
+  # One checkpoint per residual block, so the backward pass recomputes each block.
+  assert n_checkpoints(remat) == 16
+  assert n_checkpoints(model) == 0

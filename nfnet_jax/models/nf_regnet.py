@@ -9,6 +9,7 @@ is 'silu', the same function (and 'swish' is accepted as an alias).
 from __future__ import annotations
 
 from collections.abc import Callable
+import functools
 
 import haiku as hk
 import jax
@@ -48,7 +49,8 @@ class NFRegNetBlock(hk.Module):
                se_ratio: float = 0.5, kernel_shape: int = 3, group_size: int = 8,
                stride: int = 1, beta: float = 1.0, alpha: float = 0.2,
                activation: Callable[[Array], Array] = layers.get_activation("silu"),
-               stochdepth_rate: float | None = None, name: str = "nf_block"):
+               stochdepth_rate: float | None = None, conv_impl: str = "auto",
+               name: str = "nf_block"):
     super().__init__(name=name)
     self.in_ch, self.out_ch = in_ch, out_ch
     self.activation = activation
@@ -60,7 +62,7 @@ class NFRegNetBlock(hk.Module):
       raise ValueError(f"Expanded width {width} is smaller than group_size={group_size}; "
                        "increase the model width or decrease group_size.")
     self.width = group_size * self.groups
-    conv = layers.WSConv2D
+    conv = functools.partial(layers.WSConv2D, conv_impl=conv_impl)
     self.conv0 = conv(self.width, 1, name="conv0")
     self.conv1 = conv(self.width, kernel_shape, stride=stride,
                       feature_group_count=self.groups, name="conv1")
@@ -104,8 +106,10 @@ class NFRegNet(hk.Module):
                alpha: float = 0.2, stochdepth_rate: float = 0.1,
                drop_rate: float | None = None, activation: str = "silu",
                fc_init: hk.initializers.Initializer | None = None,
-               name: str = "NF_RegNet"):
+               conv_impl: str = "auto", remat: bool = False, name: str = "NF_RegNet"):
+    """Options as in DeepMind's NF_RegNet, plus conv_impl and remat as in NFNet."""
     super().__init__(name=name)
+    self.remat = remat
     self.variant = variant.upper()
     if self.variant not in VARIANTS:
       raise ValueError(f"Unknown NF-RegNet variant {variant!r}; valid: {sorted(VARIANTS)}.")
@@ -115,7 +119,7 @@ class NFRegNet(hk.Module):
     self.test_imsize = params["test_imsize"]
     self.drop_rate = params["drop_rate"] if drop_rate is None else drop_rate
     self.activation = layers.get_activation(activation)
-    conv = layers.WSConv2D
+    conv = functools.partial(layers.WSConv2D, conv_impl=conv_impl)
     ch = int(params["width"][0] * width)
     self.initial_conv = conv(ch, 3, stride=2, name="initial_conv")
 
@@ -130,7 +134,8 @@ class NFRegNet(hk.Module):
         self.blocks.append(NFRegNetBlock(
             ch, out_ch, expansion=1 if index == 0 else expansion, se_ratio=se_ratio,
             group_size=group_size, stride=2 if i == 0 else 1, beta=betas[index],
-            alpha=alpha, activation=self.activation, stochdepth_rate=sd_rates[index]))
+            alpha=alpha, activation=self.activation, stochdepth_rate=sd_rates[index],
+            conv_impl=conv_impl))
         self.transitions.append(i == 0)
         ch = out_ch
     # EfficientNet-style head: 1280 channels for a 440-wide last stage.
@@ -144,7 +149,8 @@ class NFRegNet(hk.Module):
     out = self.initial_conv(x)
     records = []
     for block in self.blocks:
-      out, res_avg_var = block(out, is_training, return_metrics)
+      run = functools.partial(block, is_training=is_training, return_metrics=return_metrics)
+      out, res_avg_var = (hk.remat(run) if self.remat else run)(out)
       if return_metrics:
         records.append(dict(layers.signal_stats(out), res_avg_var=res_avg_var))
     out = self.activation(self.final_conv(out))

@@ -7,6 +7,7 @@ Module and parameter names follow DeepMind's released checkpoints exactly
 from __future__ import annotations
 
 from collections.abc import Callable
+import functools
 
 import haiku as hk
 import jax
@@ -61,7 +62,8 @@ class NFBlock(hk.Module):
                stride: int = 1, beta: float = 1.0, alpha: float = 0.2,
                activation: Callable[[Array], Array] = layers.get_activation("gelu"),
                big_width: bool = True, use_two_convs: bool = True,
-               stochdepth_rate: float | None = None, name: str | None = None):
+               stochdepth_rate: float | None = None, conv_impl: str = "auto",
+               name: str | None = None):
     super().__init__(name=name)
     self.in_ch, self.out_ch = in_ch, out_ch
     self.activation = activation
@@ -75,7 +77,7 @@ class NFBlock(hk.Module):
       raise ValueError(f"Bottleneck width {width} is smaller than group_size={group_size}; "
                        "increase the model width or decrease group_size.")
     self.width = group_size * self.groups
-    conv = layers.WSConv2D
+    conv = functools.partial(layers.WSConv2D, conv_impl=conv_impl)
     self.conv0 = conv(self.width, 1, name="conv0")
     self.conv1 = conv(self.width, kernel_shape, stride=stride,
                       feature_group_count=self.groups, name="conv1")
@@ -125,8 +127,17 @@ class NFNet(hk.Module):
                drop_rate: float | None = None, activation: str = "gelu",
                fc_init: hk.initializers.Initializer | None = None,
                final_conv_mult: float | None = 2, final_conv_ch: int | None = None,
-               use_two_convs: bool = True, name: str = "NFNet"):
+               use_two_convs: bool = True, conv_impl: str = "auto", remat: bool = False,
+               name: str = "NFNet"):
+    """Options as in DeepMind's NFNet, plus (neither changes the parameters):
+
+    conv_impl: 'auto' | 'native' | 'split', how grouped convs are computed
+      (see layers.resolve_conv_impl; 'auto' splits them per group on CPU).
+    remat: recompute each residual block in the backward pass (jax.checkpoint)
+      instead of storing its activations, trading compute for memory.
+    """
     super().__init__(name=name)
+    self.remat = remat
     self.variant = canonical_variant(variant)
     params = VARIANTS[self.variant]
     self.num_classes = num_classes
@@ -134,7 +145,7 @@ class NFNet(hk.Module):
     self.test_imsize = params["test_imsize"]
     self.drop_rate = params["drop_rate"] if drop_rate is None else drop_rate
     self.activation = layers.get_activation(activation)
-    conv = layers.WSConv2D
+    conv = functools.partial(layers.WSConv2D, conv_impl=conv_impl)
     ch = params["width"][0] // 2
     self.stem = [conv(16, 3, stride=2, name="stem_conv0"),
                  conv(32, 3, name="stem_conv1"),
@@ -153,7 +164,8 @@ class NFNet(hk.Module):
         self.blocks.append(NFBlock(
             ch, out_ch, se_ratio=se_ratio, stride=stride if i == 0 else 1,
             beta=betas[index], alpha=alpha, activation=self.activation,
-            use_two_convs=use_two_convs, stochdepth_rate=sd_rates[index]))
+            use_two_convs=use_two_convs, stochdepth_rate=sd_rates[index],
+            conv_impl=conv_impl))
         self.transitions.append(i == 0)
         ch = out_ch
 
@@ -177,7 +189,8 @@ class NFNet(hk.Module):
       out = conv(out if i == 0 else self.activation(out))
     records = []
     for block in self.blocks:
-      out, res_avg_var = block(out, is_training, return_metrics)
+      run = functools.partial(block, is_training=is_training, return_metrics=return_metrics)
+      out, res_avg_var = (hk.remat(run) if self.remat else run)(out)
       if return_metrics:
         records.append(dict(layers.signal_stats(out), res_avg_var=res_avg_var))
     out = self.activation(self.final_conv(out))
