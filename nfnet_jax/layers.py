@@ -135,16 +135,18 @@ MAX_SPLIT_GROUPS = 16
 
 
 def resolve_conv_impl(impl: str, groups: int) -> str:
-  """'auto' → 'split' for convs with 2..MAX_SPLIT_GROUPS groups on the CPU backend, else 'native'.
+  """'auto' → 'split' on the CPU backend (for up to MAX_SPLIT_GROUPS groups), else 'native'.
 
-  XLA's CPU backend runs grouped convolutions (feature_group_count > 1) 10–30× slower
-  than dense ones of the same size; one dense conv per group computes the same thing.
-  On GPU/TPU the native grouped conv is the right choice.
+  'native' is one lax.conv_general_dilated with feature_group_count=groups. 'split' is the
+  CPU-friendly formulation of the same function: grouped convs as one dense conv per
+  group (XLA's CPU backend runs grouped convs 10–30× slower than dense ones) and 1×1
+  convs as matrix products (no layout transposes in the backward pass). On GPU/TPU
+  the native ops are the right choice.
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
   if impl == "auto":
-    use_split = (1 < groups <= MAX_SPLIT_GROUPS and jax.default_backend() == "cpu")
+    use_split = groups <= MAX_SPLIT_GROUPS and jax.default_backend() == "cpu"
     return "split" if use_split else "native"
   return impl
 
@@ -152,20 +154,27 @@ def resolve_conv_impl(impl: str, groups: int) -> str:
 def conv2d(x: Array, w: Array, *, stride: tuple[int, int] = (1, 1),
            padding: str | Sequence[tuple[int, int]] = "SAME",
            rate: tuple[int, int] = (1, 1), groups: int = 1, impl: str = "auto") -> Array:
-  """NHWC × HWIO convolution with `groups` feature groups, computed natively or per group.
+  """NHWC × HWIO convolution with `groups` feature groups (see `resolve_conv_impl`).
 
-  Both implementations give the same result (to round-off) and the same gradients.
+  All implementations give the same result (to round-off) and the same gradients.
   """
   def dense(x, w, groups):
     return jax.lax.conv_general_dilated(
         x, w, window_strides=stride, padding=padding, rhs_dilation=rate,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
-  if groups == 1 or resolve_conv_impl(impl, groups) == "native":
+  if resolve_conv_impl(impl, groups) == "native":
     return dense(x, w, groups)
-  xs = jnp.split(x, groups, axis=-1)
-  ws = jnp.split(w, groups, axis=-1)
-  return jnp.concatenate([dense(xg, wg, 1) for xg, wg in zip(xs, ws)], axis=-1)
+  if groups > 1:
+    xs = jnp.split(x, groups, axis=-1)
+    ws = jnp.split(w, groups, axis=-1)
+    return jnp.concatenate([conv2d(xg, wg, stride=stride, padding=padding, rate=rate,
+                                   impl="split") for xg, wg in zip(xs, ws)], axis=-1)
+  if w.shape[:2] == (1, 1) and isinstance(padding, str):
+    # A 1×1 conv never pads (SAME or VALID): subsample, then contract channels.
+    x = x[:, ::stride[0], ::stride[1], :]
+    return jax.lax.dot_general(x, w[0, 0], (((3,), (0,)), ((), ())))
+  return dense(x, w, 1)
 
 
 def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:

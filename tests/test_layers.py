@@ -192,15 +192,17 @@ def test_signal_stats_of_known_tensor():
   np.testing.assert_allclose(stats["avg_var"], 0.5)
 
 
-def test_split_grouped_conv_equals_native_in_value_and_gradient():
+@pytest.mark.parametrize("kernel,stride,groups", [(3, 2, 3), (1, 1, 1), (1, 2, 1), (3, 1, 1)])
+def test_split_conv_equals_native_in_value_and_gradient(kernel, stride, groups):
   def loss(params, x, impl):
     model = hk.without_apply_rng(hk.transform(
-        lambda x: layers.WSConv2D(12, 3, stride=2, feature_group_count=3, conv_impl=impl,
-                                  name="c")(x)))
+        lambda x: layers.WSConv2D(12, kernel, stride=stride, feature_group_count=groups,
+                                  conv_impl=impl, name="c")(x)))
     return jnp.sum(jnp.sin(model.apply(params, x)))
 
   x = _normal((2, 9, 9, 6), 5)
-  init = hk.transform(lambda x: layers.WSConv2D(12, 3, feature_group_count=3, name="c")(x))
+  init = hk.transform(
+      lambda x: layers.WSConv2D(12, kernel, feature_group_count=groups, name="c")(x))
   params = jax.jit(init.init)(jax.random.PRNGKey(0), x)
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
   (v_native, g_native), (v_split, g_split) = grad(params, x, "native"), grad(params, x, "split")
@@ -212,8 +214,8 @@ def test_split_grouped_conv_equals_native_in_value_and_gradient():
 def test_conv_impl_resolution():
   assert layers.resolve_conv_impl("native", 4) == "native"
   assert layers.resolve_conv_impl("split", 4) == "split"
-  assert layers.resolve_conv_impl("auto", 1) == "native"
   expected = "split" if jax.default_backend() == "cpu" else "native"
+  assert layers.resolve_conv_impl("auto", 1) == expected
   assert layers.resolve_conv_impl("auto", 4) == expected
   assert layers.resolve_conv_impl("auto", layers.MAX_SPLIT_GROUPS + 1) == "native"
   with pytest.raises(ValueError, match="conv_impl"):
