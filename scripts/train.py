@@ -28,16 +28,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   train.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
-    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except train.NonFiniteLossError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  if result['eval']:
-    print(f"step {result['step']}: top1 {result['eval']['top1']:.4f} "
-          f"(EMA {result['eval_ema']['top1']:.4f}) in {FLAGS.workdir}")
 
 
 if __name__ == '__main__':

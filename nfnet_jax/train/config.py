@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
-  c.eval_every_steps = 10000
+  c.eval_every_steps = 10000            # and at the end; 0: never during training
   c.seed = 0
   return c
 
@@ -117,9 +117,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _check(0.0 <= config.label_smoothing < 1.0,
          f'config.label_smoothing={config.label_smoothing} must be in [0, 1).')
   _check(0.0 <= config.ema_decay <= 1.0, f'config.ema_decay={config.ema_decay} must be in [0, 1].')
-  for key in ('log_every_steps', 'checkpoint_every_steps', 'eval_every_steps', 'keep_checkpoints'):
+  for key in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     _check(isinstance(config[key], int) and config[key] >= 1,
            f'config.{key}={config[key]!r} must be an integer >= 1.')
+  _check(isinstance(config.eval_every_steps, int) and config.eval_every_steps >= 0,
+         f'config.eval_every_steps={config.eval_every_steps!r} must be an integer >= 0 '
+         '(0: no evaluation during training).')
   _check(config.eval_preprocess in ('resize_crop_32', 'crop_resize'),
          f"config.eval_preprocess={config.eval_preprocess!r} must be 'resize_crop_32' or 'crop_resize'.")
 

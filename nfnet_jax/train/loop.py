@@ -49,7 +49,9 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
 
 
 def _first_device(tree):
-  return jax.tree.map(lambda x: x[0], tree)
+  """Host copy of device 0's replica; reads a local shard, so no collective runs (multi-host safe)."""
+  return jax.tree.map(
+      lambda x: np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:]), tree)
 
 
 def _log(is_main: bool, message: str) -> None:
@@ -147,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if jax.process_count() > 1:  # all hosts must agree before a collective save
           stop = bool(np.any(multihost_utils.process_allgather(np.array(stop)))) if log_now else False
         save_now = step % c.checkpoint_every_steps == 0 or last or stop
-        eval_now = step % c.eval_every_steps == 0 or last
+        eval_now = c.eval_every_steps > 0 and (step % c.eval_every_steps == 0 or last)
         if log_now or save_now or eval_now:
           check_pending()
         if log_now:
@@ -175,5 +177,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
     checkpointer.close()
   result['step'] = step
-  result['state'] = jax.device_get(_first_device(state))
+  result['state'] = _first_device(state)
   return result

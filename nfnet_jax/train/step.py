@@ -95,7 +95,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
         rng=state.rng)
 
     metrics = jax.lax.pmean(metrics, AXIS)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
     clip_fraction = optim.clip_fraction(opt_state)
     if clip_fraction is not None:
