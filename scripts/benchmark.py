@@ -1,0 +1,68 @@
+"""Benchmark training/eval steps, AGC's cost and the input pipeline; prints a table and writes JSON.
+
+  python scripts/benchmark.py --models=nfnet_f0,nf_resnet50 --batch_size=8 --image_size=128
+  python scripts/benchmark.py --what=train,agc --models=nfnet_f0 --remat=false,true --out=bench.json
+  python scripts/benchmark.py --what=eval --models=nfnet_f0 --image_size=256 --dtype=bfloat16
+  python scripts/benchmark.py --what=input --data_dir=$TFDS_DATA_DIR --augment=cutmix_mixup_randaugment_405
+  python scripts/benchmark.py --what=input --mini_imagenet=/tmp/mini   # builds a realistic miniature ImageNet
+
+Every speed comes with the model FLOPs utilisation against this machine's matmul rate, measured in the same
+run. On CPU, --devices=N needs XLA_FLAGS=--xla_force_host_platform_device_count=N set before Python starts.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from nfnet_jax import benchmark
+
+flags.DEFINE_list('what', ['train'], f'Measurements to run, any of {list(benchmark.SUITES)}.')
+flags.DEFINE_list('models', ['nfnet_f0'], 'Registered model names.')
+flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
+flags.DEFINE_integer('image_size', 128, 'Image height = width.')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (weights stay float32).')
+flags.DEFINE_integer('devices', 1, 'Local devices to pmap over.')
+flags.DEFINE_integer('grad_accum', 1, 'Gradient-accumulation micro-batches per step.')
+flags.DEFINE_float('clipping', 0.01, 'AGC clipping threshold of the train step.')
+flags.DEFINE_list('remat', ['false'], 'Block rematerialisation settings to run: false, true or both.')
+flags.DEFINE_integer('warmup', 2, 'Untimed calls after compilation.')
+flags.DEFINE_integer('steps', 10, 'Timed calls (at least 10).')
+flags.DEFINE_integer('matmul_size', 2048, 'Side of the square matmul measuring the machine peak.')
+flags.DEFINE_string('dataset', 'imagenet2012', 'Dataset for --what=input.')
+flags.DEFINE_string('data_dir', None, 'tfds data dir for --what=input.')
+flags.DEFINE_string('mini_imagenet', None, 'Build a realistic miniature ImageNet here and use it for --what=input.')
+flags.DEFINE_string('augment', 'none', 'Augmentation for --what=input, e.g. cutmix_mixup_randaugment_405.')
+flags.DEFINE_string('out', None, 'Write the JSON results here.')
+FLAGS = flags.FLAGS
+
+
+def _bools(values):
+  table = {'false': False, 'true': True}
+  if any(v.lower() not in table for v in values):
+    raise app.UsageError(f'--remat takes false/true, got {values}')
+  return [table[v.lower()] for v in values]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  data_dir = FLAGS.data_dir
+  if FLAGS.mini_imagenet:
+    data_dir = benchmark.prepare_mini_imagenet(FLAGS.mini_imagenet)
+  summary = benchmark.run_suite(
+      FLAGS.what, FLAGS.models, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, dtype=FLAGS.dtype,
+      num_devices=FLAGS.devices, grad_accum=FLAGS.grad_accum, clipping=FLAGS.clipping,
+      remat=_bools(FLAGS.remat), warmup=FLAGS.warmup, steps=FLAGS.steps, matmul_size=FLAGS.matmul_size,
+      dataset=FLAGS.dataset, data_dir=data_dir, augment=FLAGS.augment,
+      log=lambda msg: print(msg, file=sys.stderr, flush=True))
+  print(benchmark.format_table(summary['results'], summary['matmul']))
+  if FLAGS.out:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, 'w') as f:
+      json.dump(summary, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)
