@@ -137,9 +137,11 @@ def measure(choice: ModelChoice, images: np.ndarray, *, seed: int = 0,
     out, _ = model.apply(params, state, None, images, True, True)
     return out['signal']
 
+  # Op by op, not jitted: deep nets repeat a few block shapes, so eager dispatch reuses
+  # compiled kernels while a whole-graph compile of a 600-layer net takes minutes.
   if params is None:
-    params, state = jax.jit(model.init)(jax.random.PRNGKey(seed), images)
-  sig = jax.device_get(jax.jit(signal)(params, state if state is not None else {}, images))
+    params, state = model.init(jax.random.PRNGKey(seed), images)
+  sig = jax.device_get(signal(params, state if state is not None else {}, images))
   record = {'label': choice.label, 'model': choice.name,
             'overrides': {k: v for k, v in overrides.items() if _jsonable(v)},
             'block': list(range(1, len(sig['transition']) + 1)),
@@ -249,9 +251,11 @@ def run(model_texts: Sequence[str], out_dir: str, *, image_size: int = 224, batc
                        '--model.')
     weights = load_weights(choices[0], workdir=workdir, pretrained=pretrained, ema=ema)
   if dataset is not None:
+    from nfnet_jax import data  # pylint: disable=import-outside-toplevel
+    split = split or data.get_info(dataset, data_dir).eval_split
     images = dataset_images(dataset, batch=batch, image_size=image_size, data_dir=data_dir,
                             split=split)
-    source = f'{dataset}:{split or "eval split"}'
+    source = f'{dataset}:{split}'
   else:
     images = gaussian_images(batch, image_size, seed)
     source = 'N(0, 1) noise'

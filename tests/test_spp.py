@@ -83,3 +83,24 @@ def test_parse_model_and_bad_input():
     spp.run(['nf_resnet50:bogus=1'], '/tmp/unused')
   with pytest.raises(ValueError, match='exactly one'):
     spp.run(['nf_resnet50', 'resnet50'], '/tmp/unused', pretrained='/nonexistent.npz')
+
+
+def test_measures_weights_from_a_params_file(tmp_path):
+  import jax
+  from nfnet_jax import models, pretrained
+  choice = 'nf_resnet50:depth=(2,1,1,1),width=1'
+  model = models.create('nf_resnet50', depth=(2, 1, 1, 1), width=1)
+  images = spp.gaussian_images(4, 32, seed=1)
+  params, _ = model.init(jax.random.PRNGKey(0), images)
+  pretrained.save(tmp_path / 'w.npz', params)  # released init: SkipInit gains are 0
+  paths = spp.run([choice], str(tmp_path), image_size=32, batch=4,
+                  pretrained=str(tmp_path / 'w.npz'), log=lambda _: None)
+  with open(paths['json']) as f:
+    data = json.load(f)
+  assert data['meta']['weights'] == str(tmp_path / 'w.npz')
+  rec = data['models'][0]
+  assert 'skipinit_gain' not in rec['overrides']
+  # With g = 0 a non-transition block passes its input through unchanged.
+  assert rec['transition'][:2] == [True, False]
+  np.testing.assert_allclose(rec['avg_var'][1], rec['avg_var'][0], rtol=1e-6)
+  assert rec['res_avg_var'][1] > 0.1  # although its residual branch is active
