@@ -77,11 +77,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer = Checkpointer(workdir, keep=c.keep_checkpoints)
   resume_step = checkpointer.latest_step()
   # The first batch is read before anything compiles, so data errors surface at once.
-  batches = data_lib.train_iterator(
-      c.dataset, data_dir=c.data_dir, global_batch_size=c.batch_size, image_size=run.image_size,
-      augment=c.augment, seed=c.seed, start_step=resume_step or 0,
-      grad_accum_steps=c.grad_accum_steps, dtype=jnp.bfloat16 if c.bf16 else np.float32)
   try:
+    batches = data_lib.train_iterator(
+        c.dataset, data_dir=c.data_dir, global_batch_size=c.batch_size, image_size=run.image_size,
+        augment=c.augment, seed=c.seed, start_step=resume_step or 0,
+        grad_accum_steps=c.grad_accum_steps, dtype=jnp.bfloat16 if c.bf16 else np.float32)
     first_batch = next(batches)
   except ValueError as e:
     raise config_lib.ConfigError(
