@@ -32,7 +32,7 @@ def _tiny_params():
     x = _Block(name="nf_block")(x)
     return hk.Linear(3, name="linear")(jnp.mean(x, axis=(1, 2)))
 
-  params = hk.without_apply_rng(hk.transform(forward)).init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 3)))
+  params = jax.jit(hk.without_apply_rng(hk.transform(forward)).init)(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 3)))
   return {m: {n: np.asarray(v) for n, v in d.items()} for m, d in params.items()}
 
 
@@ -148,3 +148,19 @@ def test_save_rejects_names_that_cannot_round_trip(tmp_path):
   with pytest.raises(ValueError, match="contains '/'"):
     pretrained.save(tmp_path / "x.npz", {"m": {"a/b": np.ones(1)}})
   assert not list(tmp_path.iterdir())
+
+
+def test_load_checks_against_a_registered_model_by_name(tmp_path):
+  from nfnet_jax import models
+  model = models.create("nf_regnet_b0")
+  shapes, _ = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, is_training=True),
+                             jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  params = {m: {n: np.zeros(v.shape, v.dtype) for n, v in d.items()} for m, d in shapes.items()}
+  path = tmp_path / "b0.npz"
+  pretrained.save(path, params)
+  assert pretrained.load(path, like="nf_regnet_b0").keys() == params.keys()
+  params["NF_RegNet/~/linear"]["w"] = np.zeros((960, 10), np.float32)  # a 10-class head
+  pretrained.save(path, params)
+  with pytest.raises(pretrained.IncompatibleParamsError,
+                     match=r"mis-shaped  NF_RegNet/~/linear/w: file \(960, 10\), model \(960, 1000\)"):
+    pretrained.load(path, like="nf_regnet_b0")
