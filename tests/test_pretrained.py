@@ -1,5 +1,6 @@
 """Tests for nfnet_jax.pretrained: safe reading of released checkpoints, flat npz round trip, fit checks."""
 
+import functools
 import os
 import pickle
 
@@ -24,8 +25,8 @@ class _Block(hk.Module):
     return x + gain * self.conv0(x)
 
 
-def _tiny_params():
-  """A real Haiku params tree with the two-level structure and '~' paths of the NFNet checkpoints."""
+@functools.lru_cache(maxsize=1)
+def _tiny_haiku_params():
 
   def forward(x):
     x = hk.Conv2D(4, 3, name="stem_conv0")(x)
@@ -34,6 +35,11 @@ def _tiny_params():
 
   params = jax.jit(hk.without_apply_rng(hk.transform(forward)).init)(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 3)))
   return {m: {n: np.asarray(v) for n, v in d.items()} for m, d in params.items()}
+
+
+def _tiny_params():
+  """A real Haiku params tree with the two-level structure and '~' paths of the NFNet checkpoints (a fresh copy)."""
+  return {m: {n: v.copy() for n, v in d.items()} for m, d in _tiny_haiku_params().items()}
 
 
 def _assert_same(a, b):
