@@ -139,3 +139,70 @@ def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None =
         preprocess=config.eval_preprocess, bf16=config.bf16, p_eval_step=p_eval_step)
   write_json(result, out, os.path.join(workdir, 'eval.json') if workdir else None)
   return result
+
+
+def imagenet_class_names() -> list[str]:
+  """The 1000 ImageNet class names in tfds imagenet2012 label order, as 'synset human-readable name'."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.datasets.siscore import labels as siscore_labels  # pylint: disable=import-outside-toplevel
+  folder = os.path.dirname(inspect.getfile(tfds.builder_cls('imagenet2012')))
+  with open(os.path.join(folder, 'labels.txt')) as f:
+    synsets = f.read().split()
+  return [f'{s} {n}' for s, n in zip(synsets, siscore_labels.IMAGENET_LABELS_LIST)]
+
+
+def load_classifier(*, workdir: str | None = None, pretrained: str | None = None,
+                    model: str | None = None, ema: bool = True):
+  """(model name, hk model, params, model_state, config-like dict) from a run or a params file.
+
+  A run's checkpoint knows its model, kwargs and dataset; a params file needs `model` (an
+  ImageNet-1k variant such as 'nfnet_f0').
+  """
+  from nfnet_jax import models  # pylint: disable=import-outside-toplevel
+  from nfnet_jax import pretrained as pretrained_lib  # pylint: disable=import-outside-toplevel
+  from nfnet_jax.train import checkpoints  # pylint: disable=import-outside-toplevel
+  if (workdir is None) == (pretrained is None):
+    raise ValueError('give exactly one of --workdir (a training run) or --pretrained (a params file).')
+  if workdir is not None:
+    checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
+    try:
+      if checkpointer.latest_step() is None:
+        raise FileNotFoundError(f'no checkpoint in {checkpoints.checkpoint_dir(workdir)}; train first.')
+      state, config = checkpointer.restore_raw(), checkpointer.restore_config()
+    finally:
+      checkpointer.close()
+    info = data_lib.get_info(config['dataset'], config.get('data_dir'))
+    name = model or config['model']
+    net = models.create(name, num_classes=info.num_classes, **config.get('model_kwargs', {}))
+    params = state['ema_params' if ema else 'params']
+    model_state = state['ema_model_state' if ema else 'model_state']
+    names = (imagenet_class_names() if info.num_classes == 1000 else
+             info.class_names or [str(i) for i in range(info.num_classes)])
+    size = config.get('eval_image_size') or models.get_spec(name).test_image_size
+  else:
+    if model is None:
+      raise ValueError('--pretrained needs --model (e.g. --model=nfnet_f0).')
+    name, net = model, models.create(model, num_classes=1000)
+    params = pretrained_lib.load(pretrained, like=model)
+    model_state, names = {}, imagenet_class_names()
+    size = models.get_spec(model).test_image_size
+  return name, net, params, model_state, names, size
+
+
+def classify_files(paths: Iterable[str], net, params, model_state, *, class_names: list[str],
+                   image_size: int, top_k: int = 5) -> list[list[tuple[str, float]]]:
+  """Top-k (class name, probability) for each image file, preprocessed as for evaluation."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from nfnet_jax.data import preprocessing  # pylint: disable=import-outside-toplevel
+  images = []
+  for path in paths:
+    encoded = tf.io.read_file(path)
+    image = preprocessing.eval_image(encoded, image_size, 'resize_crop_32',
+                                     is_jpeg=bool(tf.io.is_jpeg(encoded)))
+    images.append(preprocessing.normalize(image[None])[0].numpy())
+  outputs, _ = jax.jit(lambda p, s, x: net.apply(p, s, None, x, is_training=False))(
+      params, model_state, np.stack(images))
+  probs = np.asarray(jax.nn.softmax(outputs['logits'].astype(jnp.float32)))
+  k = min(top_k, probs.shape[-1])
+  return [[(class_names[i], float(p[i])) for i in np.argsort(-p)[:k]] for p in probs]
