@@ -21,7 +21,7 @@ def _shapes(tree):
   return {m: {k: list(v.shape) for k, v in d.items()} for m, d in tree.items()}
 
 
-@pytest.mark.parametrize('name', ['resnet50', 'nf_resnet50', 'nf_resnet600'])
+@pytest.mark.parametrize('name', ['resnet50', 'nf_resnet50'])  # all 32: test_layout.py
 def test_layout_equals_official(name):
   spec = models.get_spec(name)
   with open(os.path.join(LAYOUT_DIR, spec.official_layout + '.json')) as f:
@@ -133,8 +133,9 @@ def _nf_signal(**kw):
       num_classes=5, depth=(3, 5, 2, 1), width=1, skipinit_gain=1.0, stochdepth_rate=0.0,
       **kw)(x, is_training=True, return_metrics=True))
   x = jax.random.normal(jax.random.PRNGKey(0), (16, 48, 48, 3))
-  fn = jax.jit(lambda rng, x: model.apply(*model.init(rng, x), None, x)[0]['signal'])
-  return jax.tree.map(np.asarray, fn(jax.random.PRNGKey(1), x))
+  # Op by op: the blocks repeat few shapes, so this compiles less than a whole-graph jit.
+  params, state = model.init(jax.random.PRNGKey(1), x)
+  return jax.tree.map(np.asarray, model.apply(params, state, None, x)[0]['signal'])
 
 
 @pytest.mark.slow
