@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
       {'depth': (1, 1, 1, 1), 'width': 1, 'stochdepth_rate': 0.0, 'drop_rate': 0.0})
   c.dataset = 'digits'
   c.batch_size = 64
-  c.num_epochs = 20.0
+  c.num_epochs = 30.0
   c.image_size = 32
   c.eval_image_size = 32
   c.augment = 'none'
