@@ -104,6 +104,7 @@ class StepConfig:
     min_size = models.get_spec(self.model).min_image_size
     if self.image_size < min_size:
       raise ValueError(f"{self.model} needs image_size >= {min_size}, got {self.image_size}.")
+    models.create(self.model, num_classes=self.num_classes, **self.model_kwargs)  # rejects unknown options
 
   def per_device(self) -> int:
     return self.batch_size // (self.num_devices * self.grad_accum)
