@@ -1,0 +1,388 @@
+"""Small-scale reproductions of the NFNet paper's AGC ablation and of the batch-size sensitivity.
+
+AGC ablation (Brock, De, Smith & Simonyan 2021, Sec. 4.1, Fig. 2): an NF-ResNet trained with no
+clipping, with global-norm clipping and with adaptive gradient clipping at several thresholds λ,
+and a BatchNorm ResNet, at several batch sizes B with the learning rate scaled linearly
+(lr = base_lr · B / 256). Batch-size sensitivity (Brock, De & Smith 2021, NF-ResNets): the
+unclipped NF-ResNet and the BN-ResNet at batch sizes from 2 upward.
+
+Every run uses one device, so the batch size is the per-device batch (BN statistics over B
+examples). The train step is `nfnet_jax.train.make_train_step`; the optimizer is
+`nfnet_jax.optim.create` preceded by a global-norm clip and AGC whose thresholds are traced
+hyperparameters (optax.inject_hyperparams), so all runs of one model and batch size share one
+compiled step. "No clipping" sets both thresholds to DISABLED, which no gradient reaches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from nfnet_jax import agc
+from nfnet_jax import data as data_lib
+from nfnet_jax import evaluate as eval_lib
+from nfnet_jax import models
+from nfnet_jax import optim
+from nfnet_jax.train.state import init_state
+from nfnet_jax.train.step import AXIS, make_train_step
+
+# A threshold no gradient reaches: with it a clip is the identity (float32 max).
+DISABLED = float(np.finfo(np.float32).max)
+CLIP_MODES = ('none', 'global_norm', 'agc')
+MODEL_KINDS = ('nf', 'bn')
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Defaults of the sweep: tiny NF-/BN-ResNets on 16x16 digits, about 15 CPU-minutes on 2 cores."""
+  return ml_collections.ConfigDict(dict(
+      dataset='digits',  # 'digits' (in memory) or any prepared tfds dataset.
+      data_dir=None,
+      image_size=16,
+      nf_model='nf_resnet50',
+      bn_model='resnet50',  # None: no BN-ResNet runs.
+      model_kwargs=dict(depth=(1, 1, 1, 1), width=1),  # one block per stage, narrowest width.
+      epochs=6.0,
+      base_lr=0.4,  # Peak lr per 256 examples: lr = base_lr * B / 256.
+      warmup_epochs=1.0,
+      weight_decay=5e-5,
+      batch_sizes=(32, 128, 512, 1024),  # AGC ablation.
+      agc_thresholds=(0.01, 0.02, 0.04, 0.08, 0.16),
+      global_norm=1.0,  # Threshold of the global-norm clip (the paper's alternative); None: no such run.
+      sensitivity_batch_sizes=(2, 4, 8, 32, 128),  # NF (no clip) vs BN.
+      seed=0,
+      check_every=5,  # Steps between checks of the loss for NaN/Inf (a diverged run stops).
+  ))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One training run of the sweep."""
+  model: str            # 'nf' or 'bn'
+  clip_mode: str        # 'none', 'global_norm' or 'agc'
+  clipping: Optional[float]
+  batch_size: int
+
+  @property
+  def label(self) -> str:
+    if self.model == 'bn':
+      return 'BN-ResNet'
+    if self.clip_mode == 'none':
+      return 'NF-ResNet, no clipping'
+    if self.clip_mode == 'global_norm':
+      return f'NF-ResNet, global-norm clip {self.clipping:g}'
+    return f'NF-ResNet, AGC λ={self.clipping:g}'
+
+
+def check_config(c) -> None:
+  """Raises ValueError naming the first bad sweep setting (before anything compiles)."""
+  def positive_ints(key, allow_empty=False):
+    values = tuple(c[key])
+    if (not values and not allow_empty) or any(isinstance(v, bool) or int(v) != v or v < 1 for v in values):
+      raise ValueError(f'{key}={values!r}: give one or more positive integers.')
+  positive_ints('batch_sizes')
+  positive_ints('sensitivity_batch_sizes', allow_empty=True)
+  if any(not (0 < float(t) < math.inf) for t in c.agc_thresholds):
+    raise ValueError(f'agc_thresholds={tuple(c.agc_thresholds)!r}: thresholds must be finite and > 0.')
+  for key in ('epochs', 'base_lr', 'global_norm'):
+    if (key != 'global_norm' or c[key] is not None) and not 0 < float(c[key]) < math.inf:
+      raise ValueError(f'{key}={c[key]!r} must be a finite number > 0.')
+  if not 0 <= float(c.warmup_epochs) < float(c.epochs):
+    raise ValueError(f'warmup_epochs={c.warmup_epochs!r} must be >= 0 and below epochs={c.epochs!r}.')
+  if int(c.check_every) < 1:
+    raise ValueError(f'check_every={c.check_every!r} must be a positive integer.')
+  if int(c.image_size) < 8:
+    raise ValueError(f'image_size={c.image_size!r} must be at least 8.')
+
+
+def runs_of(config) -> list[RunSpec]:
+  """The runs of the sweep, grouped by (model, batch size) so that each group compiles once."""
+  c = config
+  specs = []
+  for b in sorted(set(int(b) for b in c.batch_sizes)):
+    specs.append(RunSpec('nf', 'none', None, b))
+    if c.global_norm is not None:
+      specs.append(RunSpec('nf', 'global_norm', float(c.global_norm), b))
+    specs += [RunSpec('nf', 'agc', float(t), b) for t in c.agc_thresholds]
+    specs.append(RunSpec('bn', 'none', None, b))
+  for b in sorted(set(int(b) for b in c.sensitivity_batch_sizes)):
+    specs += [RunSpec('nf', 'none', None, b), RunSpec('bn', 'none', None, b)]
+  unique = [s for s in dict.fromkeys(specs) if s.model == 'nf' or c.bn_model is not None]
+  return sorted(unique, key=lambda s: (s.batch_size, s.model))
+
+
+def clipped_optimizer(opt_config, **sizes) -> optax.GradientTransformation:
+  """Global-norm clip, then AGC (both thresholds traced), then `optim.create(opt_config)` unclipped.
+
+  The thresholds live in the state as `opt_state.hyperparams['global_norm']` / `['agc']`
+  (see `set_thresholds`); DISABLED turns a clip off.
+  """
+  rest = optim.create(dict(opt_config, clipping=None), **sizes)
+  eps = float(opt_config.get('clip_eps', 1e-3))
+
+  def chain(global_norm, agc_threshold):
+    return optax.chain(
+        optax.clip_by_global_norm(global_norm),
+        optax.masked(agc.adaptive_grad_clip(agc_threshold, eps, report=True), optim.clip_mask),
+        rest)
+
+  return optax.inject_hyperparams(chain)(global_norm=DISABLED, agc_threshold=DISABLED)
+
+
+def thresholds(spec: RunSpec) -> dict:
+  """The traced hyperparameters of `clipped_optimizer` for a run."""
+  return {'global_norm': spec.clipping if spec.clip_mode == 'global_norm' else DISABLED,
+          'agc_threshold': spec.clipping if spec.clip_mode == 'agc' else DISABLED}
+
+
+def set_thresholds(state, values: dict):
+  """Returns `state` with the optimizer's clipping hyperparameters replaced (leading device axis kept)."""
+  hp = dict(state.opt_state.hyperparams)
+  for k, v in values.items():
+    hp[k] = jnp.full_like(hp[k], v)
+  return state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
+
+def _one_device(tree):
+  """Host tree -> leading device axis of size 1 on the first local device (pmap input)."""
+  device = jax.local_devices()[0]
+  return jax.tree.map(lambda x: jax.device_put(np.asarray(x)[None], device), tree)
+
+
+class _Group:
+  """The compiled init/train/eval functions of one (model, batch size): every run in it reuses them."""
+
+  def __init__(self, c, info, kind: str, batch_size: int, eval_steps: dict):
+    name = c.nf_model if kind == 'nf' else c.bn_model
+    kwargs = c.model_kwargs.to_dict()
+    kwargs['drop_rate'] = 0.0
+    if kind == 'nf':
+      kwargs['stochdepth_rate'] = 0.0
+    self.model = models.create(name, num_classes=info.num_classes, **kwargs)
+    self.name = name
+    # The eval batch is the same for every batch size: one eval compile per model.
+    if kind not in eval_steps:
+      eval_steps[kind] = eval_lib.make_eval_step(self.model)
+    self.eval_step = eval_steps[kind]
+    n = info.splits[info.train_split]
+    self.steps_per_epoch = n / batch_size
+    self.total_steps = max(1, math.ceil(float(c.epochs) * self.steps_per_epoch))
+    opt_config = dict(lr=float(c.base_lr), warmup_epochs=float(c.warmup_epochs),
+                      weight_decay=float(c.weight_decay))
+    # Runs shorter than their warmup (very large batches) warm up over half the run.
+    opt_config['warmup_epochs'] = min(opt_config['warmup_epochs'],
+                                      0.5 * self.total_steps / self.steps_per_epoch)
+    sizes = dict(global_batch_size=batch_size, total_steps=self.total_steps,
+                 steps_per_epoch=self.steps_per_epoch)
+    self.peak_lr = float(c.base_lr) * batch_size / 256
+    optimizer = clipped_optimizer(opt_config, **sizes)
+    schedule = optim.create_schedule(dict(opt_config, clipping=None), **sizes)
+    self.init = jax.jit(lambda rng: init_state(
+        self.model, optimizer, rng, (batch_size, c.image_size, c.image_size, 3)))
+    step = make_train_step(self.model, optimizer, schedule=schedule,
+                           num_classes=info.num_classes, label_smoothing=0.0, bf16=False,
+                           ema_decay=0.0, augment='none')
+    self.train_step = jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+
+
+def train_run(c, info, group: _Group, spec: RunSpec, *,
+              log: Callable[[str, int, float], None]) -> dict:
+  """Trains one run from scratch; stops early and records `diverged` when the loss turns NaN/Inf."""
+  wall0, cpu0 = time.perf_counter(), time.process_time()
+  rng = jax.random.PRNGKey(int(c.seed))
+  state = set_thresholds(_one_device(jax.device_get(group.init(rng))), thresholds(spec))
+  batches = data_lib.train_iterator(
+      c.dataset, data_dir=c.data_dir, global_batch_size=spec.batch_size,
+      image_size=int(c.image_size), augment='none', seed=int(c.seed),
+      process_index=0, process_count=1, local_devices=1)
+  diverged_step, losses, pending = None, [], []
+  step = 0
+  while step < group.total_steps:
+    state, metrics = group.train_step(state, next(batches))
+    step += 1
+    pending.append(metrics['loss'])
+    if step % int(c.check_every) == 0 or step == group.total_steps:
+      values = [float(np.asarray(v)[0]) for v in jax.device_get(pending)]
+      pending.clear()
+      for offset, v in enumerate(values):
+        if not math.isfinite(v) and diverged_step is None:
+          diverged_step = step - len(values) + offset + 1
+      losses += values
+      log(f'step {step}/{group.total_steps} loss {values[-1]:.4f}', step, values[-1])
+      if diverged_step is not None:
+        break
+  result = dataclasses.asdict(spec)
+  result.update(label=spec.label, model_name=group.name, peak_lr=group.peak_lr,
+                steps=group.total_steps, steps_run=step, epochs=float(c.epochs),
+                diverged=diverged_step is not None, diverged_step=diverged_step,
+                final_train_loss=losses[-1] if math.isfinite(losses[-1]) else None)
+  if diverged_step is None:
+    batches = data_lib.eval_iterator(
+        c.dataset, data_dir=c.data_dir, split=info.eval_split, global_batch_size=256,
+        image_size=int(c.image_size), process_index=0, process_count=1, local_devices=1)
+    ev = eval_lib.evaluate(group.eval_step, state.params, state.model_state, batches)
+    result.update(eval_top1=ev['top1'], eval_loss=ev['loss'], eval_examples=ev['num_examples'])
+  else:
+    result.update(eval_top1=None, eval_loss=None, eval_examples=0)
+  result.update(wall_s=time.perf_counter() - wall0, cpu_s=time.process_time() - cpu0)
+  return result
+
+
+def _print(message: str) -> None:
+  print(message, flush=True)
+
+
+def run_sweep(config, out_dir: str, *, printer: Callable[[str], None] = _print) -> dict:
+  """Runs every run of `config`, writes OUT/agc_ablation.json and OUT/agc_ablation.png; returns the JSON."""
+  c = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+  check_config(c)
+  info = data_lib.get_info(c.dataset, c.data_dir)
+  specs = runs_of(c)
+  os.makedirs(out_dir, exist_ok=True)
+  n = info.splits[info.train_split]
+  work = [max(1, math.ceil(float(c.epochs) * n / s.batch_size)) * s.batch_size for s in specs]
+  wall0, cpu0 = time.perf_counter(), time.process_time()
+  results, groups, eval_steps = [], {}, {}
+  done_work = 0
+  printer(f'{len(specs)} runs on {info.name} ({n} training examples, {c.image_size}px, '
+          f'{c.epochs:g} epochs, lr = {c.base_lr:g} * B / 256); load average '
+          f'{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs')
+  last_print = [0.0]
+  for i, spec in enumerate(specs):
+    key = (spec.model, spec.batch_size)
+    if key not in groups:
+      groups.clear()  # one group alive at a time: specs are sorted by group
+      groups[key] = _Group(c, info, spec.model, spec.batch_size, eval_steps)
+    group = groups[key]
+    prefix = f'run {i + 1}/{len(specs)} [{spec.label}, B={spec.batch_size}, lr={group.peak_lr:.4g}]'
+
+    def log(message, step, _loss, prefix=prefix, spec=spec, done=done_work):
+      now = time.perf_counter()
+      finished = step == group.total_steps
+      if now - last_print[0] < 5.0 and not finished:
+        return
+      last_print[0] = now
+      progress = done + step * spec.batch_size
+      eta = (now - wall0) / max(progress, 1) * (sum(work) - progress)
+      printer(f'{prefix} {message} | elapsed {now - wall0:.0f}s, ETA {eta:.0f}s')
+
+    result = train_run(c, info, group, spec, log=log)
+    done_work += work[i]
+    results.append(result)
+    outcome = ('DIVERGED at step %d' % result['diverged_step'] if result['diverged']
+               else f'eval top-1 {result["eval_top1"]:.4f}')
+    printer(f'{prefix} {outcome} ({result["wall_s"]:.1f}s wall, {result["cpu_s"]:.1f}s CPU)')
+  summary = {
+      'config': c.to_dict(), 'dataset': info.name, 'eval_split': info.eval_split,
+      'num_train_examples': n, 'devices_per_run': 1, 'runs': results,
+      'wall_s': time.perf_counter() - wall0, 'cpu_s': time.process_time() - cpu0,
+      'load_average_end': list(os.getloadavg()), 'cpu_count': os.cpu_count(),
+      'jax_backend': jax.default_backend(),
+  }
+  summary['config']['model_kwargs']['depth'] = list(c.model_kwargs.depth)
+  with open(os.path.join(out_dir, 'agc_ablation.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+    f.write('\n')
+  plot(summary, os.path.join(out_dir, 'agc_ablation.png'))
+  printer(f'wrote {out_dir}/agc_ablation.json and {out_dir}/agc_ablation.png '
+          f'({summary["wall_s"]:.0f}s wall, {summary["cpu_s"]:.0f}s CPU)')
+  return summary
+
+
+def _series(runs: Iterable[dict], batch_sizes, **match) -> tuple[list, list, list]:
+  """(batch sizes, top-1, diverged batch sizes) of the runs matching `match`, by batch size."""
+  picked = {r['batch_size']: r for r in runs
+            if all(r[k] == v for k, v in match.items()) and r['batch_size'] in batch_sizes}
+  xs = sorted(b for b, r in picked.items() if not r['diverged'])
+  return xs, [100 * picked[b]['eval_top1'] for b in xs], sorted(
+      b for b, r in picked.items() if r['diverged'])
+
+
+def plot(summary: dict, path: str) -> None:
+  """Three panels: top-1 vs batch size per clipping; top-1 vs AGC threshold; NF vs BN sensitivity."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  c, runs = summary['config'], summary['runs']
+  chance = 100.0 / 10 if summary['dataset'] == 'digits' else 0.0
+  fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+  ax = axes[0]
+  ablation_b = set(c['batch_sizes'])
+  lines = [dict(model='nf', clip_mode='none'), dict(model='nf', clip_mode='global_norm')]
+  lines += [dict(model='nf', clip_mode='agc', clipping=float(t)) for t in c['agc_thresholds']]
+  lines.append(dict(model='bn'))
+  cmap = plt.get_cmap('viridis')
+  n_agc = len(c['agc_thresholds'])
+  for k, match in enumerate(lines):
+    if match['model'] == 'bn':
+      style = dict(color='black', ls='--', marker='s')
+    elif match['clip_mode'] == 'none':
+      style = dict(color='tab:red', marker='o', lw=2)
+    elif match['clip_mode'] == 'global_norm':
+      style = dict(color='tab:orange', marker='^')
+    else:
+      style = dict(color=cmap((k - 2) / max(n_agc - 1, 1) * 0.9), marker='o', ms=4)
+    label = next((r['label'] for r in runs if all(r[q] == v for q, v in match.items())), None)
+    if label is None:
+      continue
+    xs, ys, bad = _series(runs, ablation_b, **match)
+    ax.plot(xs, ys, label=label, **style)
+    if bad:
+      ax.scatter(bad, [chance] * len(bad), marker='x', s=90, color=style['color'], zorder=5)
+  ax.set_xscale('log', base=2)
+  ax.set_xlabel('batch size B (lr = %g · B / 256)' % c['base_lr'])
+  ax.set_ylabel(f'{summary["eval_split"]} top-1 (%)')
+  ax.set_title('AGC ablation: NF-ResNet clipping vs BN-ResNet\n(× = diverged, drawn at chance)')
+  ax.legend(fontsize=7, loc='lower left')
+  ax.grid(alpha=0.3)
+
+  ax = axes[1]
+  for j, b in enumerate(sorted(ablation_b)):
+    pts = sorted((r['clipping'], r) for r in runs
+                 if r['model'] == 'nf' and r['clip_mode'] == 'agc' and r['batch_size'] == b)
+    color = plt.get_cmap('plasma')(j / max(len(ablation_b) - 1, 1) * 0.85)
+    ok = [(t, 100 * r['eval_top1']) for t, r in pts if not r['diverged']]
+    if ok:
+      ax.plot(*zip(*ok), marker='o', color=color, label=f'B={b}')
+    bad = [t for t, r in pts if r['diverged']]
+    if bad:
+      ax.scatter(bad, [chance] * len(bad), marker='x', s=90, color=color, zorder=5)
+  ax.set_xscale('log', base=2)
+  ax.set_xlabel('AGC clipping threshold λ')
+  ax.set_ylabel(f'{summary["eval_split"]} top-1 (%)')
+  ax.set_title('NF-ResNet with AGC: top-1 vs threshold per batch size')
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+
+  ax = axes[2]
+  sens_b = set(c['sensitivity_batch_sizes']) | ablation_b
+  for match, style, label in ((dict(model='nf', clip_mode='none'), dict(color='tab:red', marker='o'),
+                               'NF-ResNet (no clipping)'),
+                              (dict(model='bn'), dict(color='black', marker='s', ls='--'),
+                               'BN-ResNet')):
+    xs, ys, bad = _series(runs, sens_b, **match)
+    ax.plot(xs, ys, label=label, **style)
+    if bad:
+      ax.scatter(bad, [chance] * len(bad), marker='x', s=90, color=style['color'], zorder=5)
+  ax.set_xscale('log', base=2)
+  ax.set_xlabel('batch size per device (lr = %g · B / 256)' % c['base_lr'])
+  ax.set_ylabel(f'{summary["eval_split"]} top-1 (%)')
+  ax.set_title('Batch-size sensitivity: NF-ResNet vs BN-ResNet')
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.suptitle(f'{summary["dataset"]}, {c["image_size"]}px, {c["nf_model"]}/{c["bn_model"]} '
+               f'{tuple(c["model_kwargs"]["depth"])} width {c["model_kwargs"]["width"]}, '
+               f'{c["epochs"]:g} epochs, one device per run', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
