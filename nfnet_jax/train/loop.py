@@ -6,7 +6,6 @@ import functools
 import itertools
 import json
 import math
-import time
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +19,7 @@ from nfnet_jax import optim
 from nfnet_jax.train import config as config_lib
 from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
 from nfnet_jax.train.progress import Progress
-from nfnet_jax.train.state import TrainState, init_state
+from nfnet_jax.train.state import init_state
 from nfnet_jax.train.step import AXIS, make_train_step
 from nfnet_jax.train.writers import MetricWriter
 
