@@ -1,10 +1,9 @@
 """End-to-end training on digits: outputs, resume after SIGTERM and SIGKILL, multi-process equality, NaN stop.
 
-The in-process reference run and the subprocesses use the same config (quickstart's tiny NF-ResNet with
+Every run is a subprocess of scripts/train.py with the same config (quickstart's tiny NF-ResNet with
 MixUp/CutMix and stochastic depth, so per-device randomness is exercised), built from one override dict.
 """
 
-import importlib.util
 import os
 import pathlib
 import signal
@@ -27,20 +26,6 @@ OVERRIDES = {
     'log_every_steps': 4, 'eval_every_steps': 0, 'augment': 'cutmix_mixup', 'ema_decay': 0.9,
     'optimizer.lr': 0.1, 'optimizer.warmup_epochs': 0.1, 'model_kwargs.stochdepth_rate': 0.2,
 }
-
-
-def load_config(path='configs/quickstart.py', **overrides):
-  spec = importlib.util.spec_from_file_location('cfg', REPO / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in {**OVERRIDES, **overrides}.items():
-    *parents, leaf = key.split('.')
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 def cli_flags(workdir, **extra):
