@@ -25,7 +25,7 @@ from nfnet_jax import agc
 
 NAMES = ('sgd', 'adamw', 'lamb')
 SCHEDULES = ('cosine', 'constant')
-CLIP_MODES = ('agc', 'global_norm')
+CLIP_MODES = ('agc', 'global_norm', 'none')
 CLIP_EXCLUDES = ('final_weight', 'head', 'none')
 # Parameter names (last path component) that get no weight decay, as in DeepMind's recipe.
 _NO_DECAY_NAMES = ('b', 'scale', 'offset')
@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
       warmup_epochs=5.0,  # Linear warmup from 0, in (possibly fractional) epochs.
       schedule='cosine',  # After warmup: 'cosine' to 0 at total_steps, or 'constant'.
       clipping=0.01,  # AGC threshold (or the global norm); None disables clipping.
-      clip_mode='agc',  # 'agc' (unit-wise, Eq. 3) or 'global_norm' (the paper's ablation).
+      clip_mode='agc',  # 'agc' (unit-wise, Eq. 3), 'global_norm' (the paper's ablation) or 'none'.
       clip_eps=1e-3,  # AGC's floor on parameter norms.
       clip_exclude='final_weight',  # AGC skips: 'final_weight', 'head' (weight+bias) or 'none'.
       report_clip_fraction=True,  # Keep the fraction of units AGC clipped in the state.
@@ -243,7 +243,7 @@ def clip_mask(params, exclude: str = 'final_weight') -> Any:
 
 
 def _clipper(cfg) -> Optional[optax.GradientTransformation]:
-  if cfg['clipping'] is None:
+  if cfg['clipping'] is None or cfg['clip_mode'] == 'none':
     return None
   if cfg['clip_mode'] == 'global_norm':
     return optax.clip_by_global_norm(cfg['clipping'])

@@ -240,7 +240,8 @@ def reference_run(params, grads_seq, cfg, batch, total, spe):
     dict(nesterov=False, clip_exclude='head', momentum=0.5),
     dict(clip_mode='global_norm', clipping=0.05),
     dict(clipping=None, clip_exclude='none'),
-], ids=['paper', 'heavyball_head', 'global_norm', 'no_clip'])
+    dict(clip_mode='none'),  # How the command line turns clipping off.
+], ids=['paper', 'heavyball_head', 'global_norm', 'no_clip', 'clip_mode_none'])
 def test_trajectory_equals_update_rule(overrides):
   params = small_nfnet_params()
   config = optim.get_config()
@@ -302,7 +303,7 @@ def is_report(x):
 
 def test_clip_fraction_is_none_without_a_reporting_agc():
   params = {'net/~/linear': {'w': jnp.ones((2, 3)), 'b': jnp.ones(3)}}
-  for overrides in (dict(report_clip_fraction=False), dict(clipping=None),
+  for overrides in (dict(report_clip_fraction=False), dict(clipping=None), dict(clip_mode='none'),
                     dict(clip_mode='global_norm')):
     config = optim.get_config()
     config.update(overrides)
