@@ -9,7 +9,6 @@ import tensorflow_datasets as tfds
 
 import mini_imagenet as mi
 import nfnet_jax.data as data
-from nfnet_jax.data.imagenet import prepare_imagenet
 
 LOW = (0.0 - np.asarray(data.MEAN_RGB)) / np.asarray(data.STDDEV_RGB)
 HIGH = (255.0 - np.asarray(data.MEAN_RGB)) / np.asarray(data.STDDEV_RGB)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nfnet_jax import data, pretrained
-from nfnet_jax.evaluate import evaluate_run, evaluate_split, make_eval_step
+from nfnet_jax.evaluate import evaluate_run, evaluate_split
 from nfnet_jax.train import Checkpointer, validate
 from nfnet_jax.train.loop import build, config_json, initial_state_fn
 

@@ -1,7 +1,5 @@
 """Tests for NFNets, NF-RegNets and the model registry (small images, CPU)."""
 
-import json
-import pathlib
 
 import haiku as hk
 import jax
@@ -10,16 +8,12 @@ import numpy as np
 import pytest
 
 from nfnet_jax import models
+import official_layouts
 
-LAYOUT_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "official_layout"
 ALPHA = 0.2
 
 
-def _layout(stem):
-  path = LAYOUT_DIR / f"{stem}.json"
-  if not path.exists():
-    pytest.skip(f"official layout file {path} not available")
-  return json.loads(path.read_text())
+_layout = official_layouts.load
 
 
 def _random_params(shapes, seed=0):

@@ -1,6 +1,4 @@
 """BatchNorm ResNet and NF-ResNet: layout, forward passes, cross-replica BN, signal propagation."""
-import json
-import os
 
 import haiku as hk
 import jax
@@ -11,10 +9,8 @@ import pytest
 from nfnet_jax import layers
 from nfnet_jax import models
 from nfnet_jax.models import nf_resnet, resnet
+import official_layouts
 
-LAYOUT_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'official_layout')
-if not os.path.isdir(LAYOUT_DIR):
-  LAYOUT_DIR = '/work/shared/official_layout'
 
 
 def _shapes(tree):
@@ -24,8 +20,7 @@ def _shapes(tree):
 @pytest.mark.parametrize('name', ['resnet50', 'nf_resnet50'])  # all 32: test_layout.py
 def test_layout_equals_official(name):
   spec = models.get_spec(name)
-  with open(os.path.join(LAYOUT_DIR, spec.official_layout + '.json')) as f:
-    ref = json.load(f)
+  ref = official_layouts.load(spec.official_layout)
   model = models.create(name, num_classes=ref['num_classes'])
   images = jax.ShapeDtypeStruct(tuple(ref['input_size_used']), jnp.float32)
   params, state = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)

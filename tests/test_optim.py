@@ -1,6 +1,5 @@
 """Tests for nfnet_jax.optim: DeepMind's SGD_AGC step for step, schedule, masks, configs."""
 
-import glob
 import json
 import math
 import os
@@ -11,10 +10,10 @@ import numpy as np
 import pytest
 
 from nfnet_jax import agc, models, optim
+import official_layouts
 
-LAYOUT_DIR = '/work/shared/official_layout'
-LAYOUTS = sorted(glob.glob(os.path.join(LAYOUT_DIR, '*.json')))
-F0_LAYOUT = os.path.join(LAYOUT_DIR, 'nfnet_F0.json')
+LAYOUTS = [str(official_layouts.path(stem)) for stem in official_layouts.STEMS]
+F0_LAYOUT = str(official_layouts.path('nfnet_F0'))
 
 
 # DeepMind's parameter groups (nfnets experiment_nfnets.Experiment._make_opt), restated:

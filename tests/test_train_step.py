@@ -7,7 +7,7 @@ import pytest
 
 from nfnet_jax import models, optim
 from nfnet_jax.evaluate import replicate
-from nfnet_jax.train import TrainState, ema_decay_at, ema_update, init_state, make_train_step
+from nfnet_jax.train import ema_decay_at, ema_update, init_state, make_train_step
 from nfnet_jax.train.step import smoothed_cross_entropy
 
 NUM_CLASSES = 10
