@@ -30,8 +30,11 @@ def test_grid_of_runs_and_bad_settings():
       {('nf', 'none', None), ('nf', 'global_norm', c.global_norm), ('bn', 'none', None)}
       | {('nf', 'agc', t) for t in c.agc_thresholds})
   assert len(specs) == len(set(specs))
-  assert {s.batch_size for s in specs if s.model == 'bn'} == (
-      set(c.batch_sizes) | set(c.sensitivity_batch_sizes))
+  everywhere = set(c.batch_sizes) | set(c.sensitivity_batch_sizes)
+  assert {s.batch_size for s in specs if s.model == 'bn'} == everywhere
+  assert {s.batch_size for s in specs if s.clip_mode == 'none' and s.model == 'nf'} == everywhere
+  assert {s.batch_size for s in specs if s.clipping == min(c.agc_thresholds)} == everywhere
+  assert not any(s.model == 'bn' for s in ablation.runs_of(tiny_config()))
   assert ablation.thresholds(ablation.RunSpec('nf', 'agc', 0.02, 8)) == {
       'global_norm': ablation.DISABLED, 'agc_threshold': 0.02}
   for bad, word in ((dict(batch_sizes=(0,)), 'batch_sizes'),
