@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import jax
 import jax.numpy as jnp

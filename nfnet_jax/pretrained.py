@@ -12,7 +12,6 @@ import io
 import os
 import pickle
 import tempfile
-import zipfile
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np

@@ -1,25 +1,15 @@
 """Tests for nfnet_jax.flops: the jaxpr MAC counter and the model zoo's FLOP table."""
 
-import functools
-import json
-import pathlib
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from nfnet_jax import flops
+import official_layouts
 
-LAYOUT_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "official_layout"
-
-
-def _layout(stem):
-  path = LAYOUT_DIR / f"{stem}.json"
-  if not path.exists():
-    pytest.fail(f"official layout {path} not found: clone shared/ beside the repo (…/shared/official_layout).")
-  return json.loads(path.read_text())
+_layout = official_layouts.load
 
 
 def _tiny_net(x):

@@ -4,8 +4,6 @@ The reference layouts live in ``<repo>/../shared/official_layout/*.json`` (one p
 built with ``jax.eval_shape`` only, so no weights are allocated even for NFNet-F7+.
 """
 
-import json
-import pathlib
 import re
 
 import jax
@@ -13,9 +11,10 @@ import numpy as np
 import pytest
 
 from nfnet_jax import models
+import official_layouts
 
-LAYOUT_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "official_layout"
-STEMS = sorted(p.stem for p in LAYOUT_DIR.glob("*.json"))
+LAYOUT_DIR = official_layouts.LAYOUT_DIR
+STEMS = official_layouts.STEMS
 
 
 def registry_name(stem: str) -> str:
@@ -38,10 +37,7 @@ def test_layout_folder_is_present():
 
 @pytest.mark.parametrize("stem", STEMS or ["<missing shared/official_layout>"])
 def test_params_tree_matches_official_layout(stem):
-  path = LAYOUT_DIR / f"{stem}.json"
-  if not path.exists():
-    pytest.fail(f"{path} not found: the CI checkout must place shared/official_layout beside the repository.")
-  official = json.loads(path.read_text())
+  official = official_layouts.load(stem)
   name = registry_name(stem)
   assert name in models.available()
   spec = models.get_spec(name)
