@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import functools
 import types
 from typing import Any
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+
+from nfnet_jax import layers
 
 
 
@@ -91,3 +94,30 @@ def check_images(images: jax.Array, min_image_size: int, model: str) -> None:
   if h < min_image_size or w < min_image_size:
     raise ValueError(f"{model}: images of {h}x{w} are smaller than the minimum "
                      f"{min_image_size}x{min_image_size}; resize them.")
+
+
+def run_blocks(blocks: Sequence[Callable], x: jax.Array, *, is_training: bool,
+               return_metrics: bool, remat: bool = False) -> tuple[jax.Array, list[dict]]:
+  """Applies residual blocks in order (each under hk.remat when `remat`).
+
+  Every block maps `(x, is_training=, return_metrics=)` to `(x, res_avg_var)`. Returns the output
+  and, with return_metrics, one signal record per block for `stack_signal`.
+  """
+  records = []
+  for block in blocks:
+    run = functools.partial(block, is_training=is_training, return_metrics=return_metrics)
+    x, res_avg_var = (hk.remat(run) if remat else run)(x)
+    if return_metrics:
+      records.append(dict(layers.signal_stats(x), res_avg_var=res_avg_var))
+  return x, records
+
+
+def pooled_head(fc: Callable, features: jax.Array, *, drop_rate: float,
+                is_training: bool) -> dict[str, jax.Array]:
+  """Global average pool (float32), dropout when training, then `fc`: {'pool', 'logits'}."""
+  pool = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
+  outputs = {"pool": pool}
+  if is_training and drop_rate > 0.0:
+    pool = hk.dropout(hk.next_rng_key(), drop_rate, pool)
+  outputs["logits"] = fc(pool).astype(jnp.float32)
+  return outputs

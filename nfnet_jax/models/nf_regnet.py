@@ -147,18 +147,10 @@ class NFRegNet(hk.Module):
     """Returns {'logits' (float32), 'pool'} and, with return_metrics, 'signal'."""
     base.check_images(x, MIN_IMAGE_SIZE, f"NF-RegNet-{self.variant}")
     out = self.initial_conv(x)
-    records = []
-    for block in self.blocks:
-      run = functools.partial(block, is_training=is_training, return_metrics=return_metrics)
-      out, res_avg_var = (hk.remat(run) if self.remat else run)(out)
-      if return_metrics:
-        records.append(dict(layers.signal_stats(out), res_avg_var=res_avg_var))
+    out, records = base.run_blocks(self.blocks, out, is_training=is_training,
+                                   return_metrics=return_metrics, remat=self.remat)
     out = self.activation(self.final_conv(out))
-    pool = jnp.mean(out.astype(jnp.float32), axis=(1, 2))
-    outputs = {"pool": pool}
-    if is_training and self.drop_rate > 0.0:
-      pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
-    outputs["logits"] = self.fc(pool).astype(jnp.float32)
+    outputs = base.pooled_head(self.fc, out, drop_rate=self.drop_rate, is_training=is_training)
     if return_metrics:
       outputs["signal"] = base.stack_signal(records, self.transitions)
     return outputs

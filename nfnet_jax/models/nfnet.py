@@ -187,18 +187,10 @@ class NFNet(hk.Module):
     out = x
     for i, conv in enumerate(self.stem):
       out = conv(out if i == 0 else self.activation(out))
-    records = []
-    for block in self.blocks:
-      run = functools.partial(block, is_training=is_training, return_metrics=return_metrics)
-      out, res_avg_var = (hk.remat(run) if self.remat else run)(out)
-      if return_metrics:
-        records.append(dict(layers.signal_stats(out), res_avg_var=res_avg_var))
+    out, records = base.run_blocks(self.blocks, out, is_training=is_training,
+                                   return_metrics=return_metrics, remat=self.remat)
     out = self.activation(self.final_conv(out))
-    pool = jnp.mean(out.astype(jnp.float32), axis=(1, 2))
-    outputs = {"pool": pool}
-    if is_training and self.drop_rate > 0.0:
-      pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
-    outputs["logits"] = self.fc(pool).astype(jnp.float32)
+    outputs = base.pooled_head(self.fc, out, drop_rate=self.drop_rate, is_training=is_training)
     if return_metrics:
       outputs["signal"] = base.stack_signal(records, self.transitions)
     return outputs
