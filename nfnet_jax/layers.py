@@ -301,6 +301,20 @@ def skip_gain(x: Array, name: str = "skip_gain",
   return x * g
 
 
+def residual_merge(branch: Array, shortcut: Array, *, alpha: float, is_training: bool,
+                   stoch_depth: StochasticDepth | None = None,
+                   skip_init: hk.initializers.Initializer = jnp.zeros) -> Array:
+  """h_{i+1} = h_i + α · g · f_i(h_i / β_i) ([NF-ResNets] eq. 2, SkipInit gain g, stochastic depth).
+
+  `branch` is f_i(h_i / β_i) and `shortcut` is h_i (or its projection at a transition). Call inside
+  the block's module scope: the gain is `<block>/skip_gain`.
+  """
+  if stoch_depth is not None:
+    branch = stoch_depth(branch, is_training)
+  branch = skip_gain(branch, init=skip_init)
+  return branch * jnp.asarray(alpha, branch.dtype) + shortcut
+
+
 def stochdepth_rates(num_blocks: int, rate: float) -> list[float]:
   """Per-block stochastic depth rates growing linearly with block index: rate · i / num_blocks."""
   return [rate * i / num_blocks for i in range(num_blocks)]

@@ -60,10 +60,9 @@ class NFResBlock(hk.Module):
     if self.se is not None:
       out = self.se(out)
     res_avg_var = layers.signal_stats(out)['avg_var']
-    if self.stoch_depth is not None:
-      out = self.stoch_depth(out, is_training)
-    out = layers.skip_gain(out, init=self.skip_init)
-    return out * jnp.asarray(self.alpha, out.dtype) + shortcut, res_avg_var
+    out = layers.residual_merge(out, shortcut, alpha=self.alpha, is_training=is_training,
+                                stoch_depth=self.stoch_depth, skip_init=self.skip_init)
+    return out, res_avg_var
 
 
 class NF_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module name)

@@ -113,10 +113,9 @@ class NFBlock(hk.Module):
     out = self.conv2(self.activation(out))
     out = self.se(out)
     res_avg_var = layers.signal_stats(out)["avg_var"] if return_metrics else None
-    if self.stoch_depth is not None:
-      out = self.stoch_depth(out, is_training)
-    out = layers.skip_gain(out)
-    return out * jnp.asarray(self.alpha, out.dtype) + shortcut, res_avg_var
+    out = layers.residual_merge(out, shortcut, alpha=self.alpha, is_training=is_training,
+                                stoch_depth=self.stoch_depth)
+    return out, res_avg_var
 
 
 class NFNet(hk.Module):
