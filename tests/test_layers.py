@@ -49,6 +49,31 @@ def test_standardization_statistics_are_float32_for_bfloat16_weights():
   np.testing.assert_allclose(np.asarray(out).var(axis=(0, 1, 2)), 1 / 72, rtol=1e-3)
 
 
+def _autodiff_standardize(w, gain, eps=1e-4):
+  axes = tuple(range(w.ndim - 1))
+  n = np.prod(w.shape[:-1])
+  mean = jnp.mean(w, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(w - mean), axis=axes, keepdims=True)
+  return (w - mean) * jax.lax.rsqrt(jnp.maximum(var * n, eps)) * gain
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 16, 8), (1, 1, 64, 32), (5, 12)])
+def test_standardize_weight_gradient_equals_autodiff_of_the_formula(shape):
+  w = _normal(shape, 0) * 0.1 + 0.05
+  w = w.at[..., 1].set(0.3)  # a constant filter: the eps floor is active there
+  gain = jnp.linspace(0.5, 2.0, shape[-1])
+  cotangent = _normal(shape, 1)
+  out, vjp = jax.vjp(layers.standardize_weight, w, gain)
+  ref_out, ref_vjp = jax.vjp(_autodiff_standardize, w, gain)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), rtol=1e-5, atol=1e-6)
+  for got, want in zip(vjp(cotangent), ref_vjp(cotangent)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4,
+                               atol=1e-5 * float(jnp.max(jnp.abs(want))))
+  grads = jax.grad(lambda w, g: jnp.sum(layers.standardize_weight(w, g) * cotangent),
+                   argnums=(0, 1))(w.astype(jnp.bfloat16), gain.astype(jnp.bfloat16))
+  assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16]
+
+
 @pytest.mark.parametrize("groups,stride", [(1, 1), (4, 2)])
 def test_wsconv_matches_conv_with_standardized_weight(groups, stride):
   def f(x):
