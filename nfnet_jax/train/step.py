@@ -89,7 +89,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
           micro_step, (zeros, state.model_state), (images, labels, jnp.arange(accum)))
       grads = jax.tree.map(lambda g: g / accum, grads)
       metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-    grads = jax.lax.pmean(grads, AXIS)
+    grads = pmean(grads)
     model_state = pmean_floating(model_state)
 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -101,18 +101,24 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
         ema_model_state=ema_update(state.ema_model_state, model_state, decay),
         rng=state.rng)
 
-    metrics = jax.lax.pmean(metrics, AXIS)
+    metrics = pmean(metrics)
     metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
     clip_fraction = optim.clip_fraction(opt_state)
     if clip_fraction is not None:
-      metrics['clip_fraction'] = jax.lax.pmean(jnp.asarray(clip_fraction, jnp.float32), AXIS)
+      metrics['clip_fraction'] = pmean(jnp.asarray(clip_fraction, jnp.float32))
     return new_state, metrics
 
   return train_step
 
 
+def pmean(tree: Any) -> Any:
+  """Mean over all devices of axis 'batch'; on a single device the tree itself, not a copy."""
+  if jax.lax.axis_size(AXIS) == 1:
+    return tree
+  return jax.lax.pmean(tree, AXIS)
+
+
 def pmean_floating(tree: Any) -> Any:
   """Averages floating leaves over all devices so every replica keeps identical model state."""
-  return jax.tree.map(
-      lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+  return jax.tree.map(lambda x: pmean(x) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
