@@ -86,7 +86,15 @@ class VariantsTest(chex.TestCase):
     ours = self.variant(lambda g, p: agc_update(g, p, axes=axes)[0])(grads, params)
     ref_tx = optax.adaptive_grad_clip(CLIP, EPS)
     theirs = self.variant(lambda g, p: ref_tx.update(g, ref_tx.init(p), p)[0])(grads, params)
-    chex.assert_trees_all_equal(ours, theirs)
+    if self.variant.type == chex.ChexVariantType.WITHOUT_JIT:
+      chex.assert_trees_all_equal(ours, theirs)
+    else:
+      # Under jit XLA computes optax's rescale as one division per element; ours is one factor per
+      # unit: clipped units agree to float32's last bit, the others are the input bit for bit.
+      chex.assert_trees_all_close(ours, theirs, rtol=2.5e-7, atol=0)
+      for name in shapes:
+        kept = np.asarray(theirs[name]) == np.asarray(grads[name])
+        np.testing.assert_array_equal(np.asarray(ours[name])[kept], np.asarray(grads[name])[kept])
 
 
 @pytest.mark.parametrize('name', list(LAYOUTS))
