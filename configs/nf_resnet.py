@@ -13,29 +13,8 @@ stochastic depth 0.1, the variant's dropout and bfloat16 compute; no MixUp/CutMi
 
 import ml_collections
 
-from nfnet_jax.train import base_config
-
-DEPTHS = (50, 101, 152, 200, 288, 600)
+from nfnet_jax.train.config import resnet_recipe_config
 
 
 def get_config(depth: str = '50') -> ml_collections.ConfigDict:
-  depth = int(depth or 50)
-  if depth not in DEPTHS:
-    raise ValueError(f'unknown NF-ResNet depth {depth}; choose one of {DEPTHS}.')
-  c = base_config()
-  c.model = f'nf_resnet{depth}'
-  c.model_kwargs = ml_collections.ConfigDict({'stochdepth_rate': 0.1})
-  c.dataset = 'imagenet2012'
-  c.batch_size = 1024
-  c.num_epochs = 90.0
-  c.augment = 'none'
-  c.label_smoothing = 0.1
-  c.bf16 = True
-  c.ema_decay = 0.99999
-  c.optimizer.lr = 0.1
-  c.optimizer.weight_decay = 5e-5
-  c.optimizer.clipping = None
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 1000
-  c.eval_every_steps = 5000
-  return c
+  return resnet_recipe_config('nf_resnet', depth, stochdepth_rate=0.1)

@@ -71,6 +71,18 @@ def test_other_configs_name_registered_models_and_validate():
     load('nfnet').get_config('F9')
 
 
+def test_nf_and_bn_resnet_configs_share_the_paper_recipe():
+  nf, bn = load('nf_resnet').get_config('152'), load('resnet_bn').get_config('152')
+  assert (nf.model, bn.model) == ('nf_resnet152', 'resnet152')
+  for c in (nf, bn):
+    assert (c.batch_size, c.num_epochs, c.augment, c.label_smoothing) == (1024, 90.0, 'none', 0.1)
+    assert (c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.clipping) == (0.1, 5e-5, None)
+    assert c.optimizer.nesterov and c.optimizer.warmup_epochs == 5.0 and c.bf16
+  assert nf.model_kwargs.to_dict() == {'stochdepth_rate': 0.1}
+  with pytest.raises(ValueError, match=r'unknown resnet depth 51; choose one of \(50, 101'):
+    load('resnet_bn').get_config('51')
+
+
 @pytest.mark.parametrize('overrides, message', [
     ({'batch_size': 30}, r'batch_size=30 must be divisible by devices x grad_accum_steps = 4 x 1'),
     ({'grad_accum_steps': 3}, r'divisible by devices x grad_accum_steps = 4 x 3 = 12'),

@@ -43,6 +43,32 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+RESNET_DEPTHS = (50, 101, 152, 200, 288, 600)
+
+
+def resnet_recipe_config(family: str, depth: str | int, **model_kwargs) -> ml_collections.ConfigDict:
+  """The 90-epoch ImageNet ResNet recipe the NF-ResNet paper uses for NF and BN ResNets alike.
+
+  Batch 1024, SGD with Nesterov momentum 0.9, lr 0.1 x batch/256, 5 warm-up epochs, cosine decay,
+  weight decay 5e-5, no AGC, EMA, label smoothing 0.1, bfloat16 compute, no MixUp/CutMix or
+  RandAugment. `family` is the registry prefix ('nf_resnet' or 'resnet'); `depth` one of
+  RESNET_DEPTHS (a string from the command line, '' meaning 50).
+  """
+  depth = int(depth or 50)
+  if depth not in RESNET_DEPTHS:
+    raise ValueError(f'unknown {family} depth {depth}; choose one of {RESNET_DEPTHS}.')
+  c = base_config()
+  c.model = f'{family}{depth}'
+  c.model_kwargs = ml_collections.ConfigDict(model_kwargs)
+  c.batch_size = 1024
+  c.num_epochs = 90.0
+  c.augment = 'none'
+  c.optimizer.weight_decay = 5e-5
+  c.optimizer.clipping = None
+  c.eval_every_steps = 5000
+  return c
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
   """A validated config with every derived quantity the loop needs."""
