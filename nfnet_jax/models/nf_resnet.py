@@ -51,7 +51,7 @@ class NFResBlock(hk.Module):
                         if 0.0 < stochdepth_rate < 1.0 else None)
     self.se = layers.SqueezeExcite(out_ch, out_ch, se_ratio) if use_se else None
 
-  def __call__(self, x, is_training: bool):
+  def __call__(self, x, is_training: bool, return_metrics: bool = False):
     out = self.activation(x) * jnp.asarray(self.beta, x.dtype)
     shortcut = self.conv_shortcut(out) if self.use_projection else x
     out = self.conv0(out)
@@ -59,7 +59,7 @@ class NFResBlock(hk.Module):
     out = self.conv2(self.activation(out))
     if self.se is not None:
       out = self.se(out)
-    res_avg_var = layers.signal_stats(out)['avg_var']
+    res_avg_var = layers.signal_stats(out)['avg_var'] if return_metrics else None
     out = layers.residual_merge(out, shortcut, alpha=self.alpha, is_training=is_training,
                                 stoch_depth=self.stoch_depth, skip_init=self.skip_init)
     return out, res_avg_var
@@ -123,17 +123,12 @@ class NF_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module na
   def __call__(self, x, is_training: bool = True, return_metrics: bool = False):
     out = self.initial_conv(x)
     out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
-    stats = []
-    for block in self.blocks:
-      out, res_avg_var = block(out, is_training)
-      if return_metrics:
-        stats.append(dict(layers.signal_stats(out), res_avg_var=res_avg_var))
-    pool = jnp.mean(self.activation(out).astype(jnp.float32), axis=(1, 2))
-    if self.drop_rate > 0.0 and is_training:
-      pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
-    outputs = {'logits': self.fc(pool.astype(out.dtype)).astype(jnp.float32)}
+    out, records = base.run_blocks(self.blocks, out, is_training=is_training,
+                                   return_metrics=return_metrics)
+    outputs = base.pooled_head(self.fc, self.activation(out), drop_rate=self.drop_rate,
+                               is_training=is_training)
     if return_metrics:
-      outputs['signal'] = base.stack_signal(stats, self.transitions)
+      outputs['signal'] = base.stack_signal(records, self.transitions)
     return outputs
 
 

@@ -94,7 +94,7 @@ class ResBlock(hk.Module):
       return self.activation(bn(x, is_training))
     return bn(self.activation(x), is_training)
 
-  def __call__(self, x, is_training: bool):
+  def __call__(self, x, is_training: bool, return_metrics: bool = False):
     if self.order == 'conv_bn_relu':
       shortcut = x
       if self.use_projection:
@@ -110,7 +110,7 @@ class ResBlock(hk.Module):
       out = self.conv2(self._pre(self.bn2, out, is_training))
     if self.se is not None:
       out = self.se(out)  # x · 2σ(...), the NF papers' SE (the official BN ResNet omits the ×2)
-    res_avg_var = layers.signal_stats(out)['avg_var']
+    res_avg_var = layers.signal_stats(out)['avg_var'] if return_metrics else None
     out = out + shortcut
     if self.order == 'conv_bn_relu':
       out = self.activation(out)
@@ -177,21 +177,15 @@ class ResNet(hk.Module):
     if self.block_order == 'conv_bn_relu':
       out = self.activation(self.initial_bn(out, is_training))
     out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
-    stats = []
-    for block in self.blocks:
-      out, res_avg_var = block(out, is_training)
-      if return_metrics:
-        stats.append(dict(layers.signal_stats(out), res_avg_var=res_avg_var))
+    out, records = base.run_blocks(self.blocks, out, is_training=is_training,
+                                   return_metrics=return_metrics)
     if self.block_order == 'bn_relu_conv':
       out = self.activation(self.final_bn(out, is_training))
     elif self.block_order == 'relu_bn_conv':
       out = self.final_bn(self.activation(out), is_training)
-    pool = jnp.mean(out.astype(jnp.float32), axis=(1, 2))
-    if self.drop_rate > 0.0 and is_training:
-      pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
-    outputs = {'logits': self.fc(pool.astype(out.dtype)).astype(jnp.float32)}
+    outputs = base.pooled_head(self.fc, out, drop_rate=self.drop_rate, is_training=is_training)
     if return_metrics:
-      outputs['signal'] = base.stack_signal(stats, self.transitions)
+      outputs['signal'] = base.stack_signal(records, self.transitions)
     return outputs
 
 
