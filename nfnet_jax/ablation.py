@@ -299,6 +299,13 @@ def run_sweep(config, out_dir: str, *, printer: Callable[[str], None] = _print) 
   return summary
 
 
+def _plot_series(ax, xs, ys, diverged, *, chance, label, **style):
+  """A line of accuracies, and an × at chance level for every diverged run."""
+  ax.plot(xs, ys, label=label, **style)  # even when empty: the legend then explains the ×s
+  if diverged:
+    ax.scatter(diverged, [chance] * len(diverged), marker='x', s=90, color=style['color'], zorder=5)
+
+
 def _series(runs: Iterable[dict], batch_sizes, **match) -> tuple[list, list, list]:
   """(batch sizes, top-1, diverged batch sizes) of the runs matching `match`, by batch size."""
   picked = {r['batch_size']: r for r in runs
@@ -342,10 +349,7 @@ def plot(summary: dict, path: str) -> None:
     label = next((r['label'] for r in runs if all(r[q] == v for q, v in match.items())), None)
     if label is None:
       continue
-    xs, ys, bad = _series(runs, ablation_b, **match)
-    ax.plot(xs, ys, label=label, **style)
-    if bad:
-      ax.scatter(bad, [chance] * len(bad), marker='x', s=90, color=style['color'], zorder=5)
+    _plot_series(ax, *_series(runs, ablation_b, **match), chance=chance, label=label, **style)
   _log2_axis(ax)
   ax.set_xlabel('batch size B (lr = %g · B / 256)' % c['base_lr'])
   ax.set_ylabel(f'{summary["eval_split"]} top-1 (%)')
@@ -359,11 +363,8 @@ def plot(summary: dict, path: str) -> None:
                  if r['model'] == 'nf' and r['clip_mode'] == 'agc' and r['batch_size'] == b)
     color = plt.get_cmap('plasma')(j / max(len(ablation_b) - 1, 1) * 0.85)
     ok = [(t, 100 * r['eval_top1']) for t, r in pts if not r['diverged']]
-    if ok:
-      ax.plot(*zip(*ok), marker='o', color=color, label=f'B={b}')
-    bad = [t for t, r in pts if r['diverged']]
-    if bad:
-      ax.scatter(bad, [chance] * len(bad), marker='x', s=90, color=color, zorder=5)
+    _plot_series(ax, [t for t, _ in ok], [a for _, a in ok], [t for t, r in pts if r['diverged']],
+                 chance=chance, label=f'B={b}', color=color, marker='o')
   _log2_axis(ax)
   ax.set_xticks(sorted(float(t) for t in c['agc_thresholds']))
   ax.set_xticks([], minor=True)
@@ -382,10 +383,7 @@ def plot(summary: dict, path: str) -> None:
                                dict(color='tab:blue', marker='o'), f'NF-ResNet, AGC λ={smallest:g}'),
                               (dict(model='bn'), dict(color='black', marker='s', ls='--'),
                                'BN-ResNet')):
-    xs, ys, bad = _series(runs, sens_b, **match)
-    ax.plot(xs, ys, label=label, **style)
-    if bad:
-      ax.scatter(bad, [chance] * len(bad), marker='x', s=90, color=style['color'], zorder=5)
+    _plot_series(ax, *_series(runs, sens_b, **match), chance=chance, label=label, **style)
   _log2_axis(ax)
   ax.set_xlabel('batch size per device (lr = %g · B / 256)' % c['base_lr'])
   ax.set_ylabel(f'{summary["eval_split"]} top-1 (%)')

@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nfnet_jax import evaluate
-from nfnet_jax import train
+from nfnet_jax.train import distributed
 
 config_flags.DEFINE_config_file('config', None, 'Config file the model was trained with.',
                                 lock_config=True)
@@ -23,9 +23,7 @@ flags.DEFINE_string('workdir', None, 'Training run to evaluate (its latest check
 flags.DEFINE_string('pretrained', None, 'A params file instead: DeepMind release or exported npz.')
 flags.DEFINE_string('split', None, "Split to score (default: the dataset's validation split).")
 flags.DEFINE_string('out', None, 'Also write the JSON result here.')
-flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host only).')
-flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host only).')
-flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes) (multi-host only).')
+distributed.define_flags()
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
@@ -34,7 +32,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  train.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  distributed.initialize_from_flags()
   try:
     result = evaluate.evaluate_run(FLAGS.config, workdir=FLAGS.workdir, pretrained=FLAGS.pretrained,
                                    split=FLAGS.split, out=FLAGS.out)

@@ -11,13 +11,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nfnet_jax import train
+from nfnet_jax.train import distributed
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/nfnet.py:F0.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard logs.')
-flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host only).')
-flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host only).')
-flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes) (multi-host only).')
+distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -26,7 +25,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  train.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  distributed.initialize_from_flags()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.ConfigError as e:

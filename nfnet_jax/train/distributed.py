@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from absl import flags
 import jax
 
 
@@ -43,3 +44,16 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return 'single'
   jax.distributed.initialize()
   return cluster
+
+
+def define_flags() -> None:
+  """Defines --coordinator_address, --num_processes and --process_id for a script."""
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host only).')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host only).')
+  flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes) (multi-host only).')
+
+
+def initialize_from_flags() -> str:
+  """`initialize` with the flags of `define_flags` (after absl has parsed them)."""
+  f = flags.FLAGS
+  return initialize(f.coordinator_address, f.num_processes, f.process_id)
