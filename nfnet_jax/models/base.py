@@ -24,6 +24,7 @@ import types
 from typing import Any
 
 import haiku as hk
+from haiku._src import stateful as hk_stateful  # Haiku's own way to lift a jax transform
 import jax
 import jax.numpy as jnp
 
@@ -96,9 +97,43 @@ def check_images(images: jax.Array, min_image_size: int, model: str) -> None:
                      f"{min_image_size}x{min_image_size}; resize them.")
 
 
+def late_checkpoint(fun: Callable) -> Callable:
+  """jax.checkpoint whose recomputation waits for the output's cotangent.
+
+  XLA:CPU drops jax.checkpoint's optimization barriers before scheduling and runs the recomputed
+  forward pass as early as it can, during the forward pass, which keeps every activation alive.
+  Here the positional inputs of the recomputation are made to depend on the cotangent (plus
+  0·ct[0]), so it cannot start before the backward pass reaches the block.
+  """
+  def wrapped(*args, **kwargs):
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    num_args = len(jax.tree.leaves(args))  # positional leaves come first
+    call = lambda *xs: fun(*(u := jax.tree.unflatten(treedef, xs))[0], **u[1])
+    # Trace once now (inside Haiku's frame); the backward pass replays the traced function.
+    pure, consts = jax.closure_convert(call, *leaves)
+    n = len(consts)
+    primal = lambda *xs: pure(*xs[n:], *xs[:n])
+
+    def backward(xs, ct):
+      floats = [c for c in jax.tree.leaves(ct) if jnp.issubdtype(c.dtype, jnp.floating)]
+      zero = sum(c.reshape(-1)[0].astype(jnp.float32) for c in floats) * 0.0
+      xs = [x + zero.astype(x.dtype) if n <= i < n + num_args and jnp.issubdtype(x.dtype, jnp.floating)
+            else x for i, x in enumerate(xs)]
+      return jax.vjp(primal, *xs)[1](ct)
+
+    run = jax.custom_vjp(primal)
+    run.defvjp(lambda *xs: (primal(*xs), xs), backward)
+    return run(*consts, *leaves)
+  return wrapped
+
+
+# The Haiku version (params, state and rng threaded through), built the way hk.remat is.
+hk_late_checkpoint = hk_stateful.thread_hk_state_in_kwargs(late_checkpoint)
+
+
 def run_blocks(blocks: Sequence[Callable], x: jax.Array, *, is_training: bool,
                return_metrics: bool, remat: bool = False) -> tuple[jax.Array, list[dict]]:
-  """Applies residual blocks in order (each under hk.remat when `remat`).
+  """Applies residual blocks in order (each under hk_late_checkpoint when `remat`).
 
   Every block maps `(x, is_training=, return_metrics=)` to `(x, res_avg_var)`. Returns the output
   and, with return_metrics, one signal record per block for `stack_signal`.
@@ -106,7 +141,7 @@ def run_blocks(blocks: Sequence[Callable], x: jax.Array, *, is_training: bool,
   records = []
   for block in blocks:
     run = functools.partial(block, is_training=is_training, return_metrics=return_metrics)
-    x, res_avg_var = (hk.remat(run) if remat else run)(x)
+    x, res_avg_var = (hk_late_checkpoint(run) if remat else run)(x)
     if return_metrics:
       records.append(dict(layers.signal_stats(x), res_avg_var=res_avg_var))
   return x, records

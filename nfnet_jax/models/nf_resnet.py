@@ -82,6 +82,7 @@ class NF_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module na
     use_ws: Scaled Weight Standardization; False gives plain convs with bias (the paper's
       "without Scaled WS" comparison).
     fc_init: classifier weight init, N(0, 0.01) by default.
+    remat: recompute each residual block in the backward pass (see base.late_checkpoint).
   """
 
   def __init__(self, num_classes: int = 1000, depth: int | tuple[int, ...] = 50,
@@ -89,8 +90,9 @@ class NF_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module na
                alpha: float = 0.2, stochdepth_rate: float = 0.1, drop_rate: float = 0.0,
                activation: str = 'relu', skipinit_gain: float = 0.0,
                use_se: bool = False, se_ratio: float = 0.25, use_ws: bool = True,
-               fc_init=None, name: str = 'NF_ResNet'):
+               fc_init=None, remat: bool = False, name: str = 'NF_ResNet'):
     super().__init__(name=name)
+    self.remat = remat
     depth_pattern = check_depth(depth)
     if width < 1:
       raise ValueError(f'width must be a positive integer, got {width}.')
@@ -124,7 +126,7 @@ class NF_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module na
     out = self.initial_conv(x)
     out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
     out, records = base.run_blocks(self.blocks, out, is_training=is_training,
-                                   return_metrics=return_metrics)
+                                   return_metrics=return_metrics, remat=self.remat)
     outputs = base.pooled_head(self.fc, self.activation(out), drop_rate=self.drop_rate,
                                is_training=is_training)
     if return_metrics:

@@ -132,8 +132,8 @@ class NFNet(hk.Module):
 
     conv_impl: 'auto' | 'native' | 'split', how grouped convs are computed
       (see layers.resolve_conv_impl; 'auto' splits them per group on CPU).
-    remat: recompute each residual block in the backward pass (jax.checkpoint)
-      instead of storing its activations, trading compute for memory.
+    remat: recompute each residual block in the backward pass instead of storing its
+      activations, trading compute for memory (see base.late_checkpoint).
     """
     super().__init__(name=name)
     self.remat = remat
