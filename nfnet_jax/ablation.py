@@ -34,7 +34,7 @@ from nfnet_jax import evaluate as eval_lib
 from nfnet_jax import models
 from nfnet_jax import optim
 from nfnet_jax.train.state import init_state
-from nfnet_jax.train.step import AXIS, make_train_step
+from nfnet_jax.train.step import make_train_step, pmap_train_step
 
 # A threshold no gradient reaches: with it a clip is the identity (float32 max).
 DISABLED = float(np.finfo(np.float32).max)
@@ -192,7 +192,7 @@ class _Group:
     step = make_train_step(self.model, optimizer, schedule=schedule,
                            num_classes=info.num_classes, label_smoothing=0.0, bf16=False,
                            ema_decay=0.0, augment='none')
-    self.train_step = jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+    self.train_step = pmap_train_step(step)
 
 
 def train_run(c, info, group: _Group, spec: RunSpec, *,

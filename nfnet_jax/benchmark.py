@@ -162,7 +162,7 @@ def _compiled_train_step(cfg: StepConfig):
   batch = {"images": rng.standard_normal(shape, dtype=np.float32),
            "labels": rng.integers(0, cfg.num_classes, shape[:3]).astype(np.int32)}
   batch = _put(batch, devices)
-  p_step = jax.pmap(step_fn, axis_name=step_lib.AXIS, devices=devices, donate_argnums=(0,))
+  p_step = step_lib.pmap_train_step(step_fn, devices)
   start = time.perf_counter()
   compiled = p_step.lower(state, batch).compile()
   return compiled, state, batch, time.perf_counter() - start
@@ -255,13 +255,23 @@ def _mib(n: Optional[int]) -> str:
   return "-" if n is None else f"{n / 2**20:.0f}"
 
 
+def _memory_columns(mem: dict) -> str:
+  """temp, arguments and peak (arguments + outputs not aliased to them + temp) in MiB."""
+  peak = None
+  if "temp_size_in_bytes" in mem:
+    peak = (mem["argument_size_in_bytes"] + mem["output_size_in_bytes"] - mem["alias_size_in_bytes"]
+            + mem["temp_size_in_bytes"])
+  return (f"{_mib(mem.get('temp_size_in_bytes')):>8} {_mib(mem.get('argument_size_in_bytes')):>7} "
+          f"{_mib(peak):>8}")
+
+
 def format_table(results: Sequence[dict], matmul: dict) -> str:
   """A readable table of benchmark results."""
   lines = [f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), "
            f"matmul {matmul['size']}^2 {matmul['dtype']}: {matmul['median_flops_per_s'] / 1e9:.1f} GFLOP/s "
            f"(best {matmul['best_flops_per_s'] / 1e9:.1f})",
            f"{'kind':<6} {'model':<16} {'setting':<34} {'median s':>9} {'min s':>8} {'img/s':>7} {'MFU':>6} "
-           f"{'compile s':>9} {'temp MiB':>8} {'arg MiB':>7}"]
+           f"{'compile s':>9} {'temp MiB':>8} {'arg MiB':>7} {'peak MiB':>8}"]
   rows = []
   for r in results:
     if r["kind"] == "agc":
@@ -274,8 +284,7 @@ def format_table(results: Sequence[dict], matmul: dict) -> str:
       setting = f"b{r['batch_size']} {r['image_size']}px {r['dtype']} d{r['num_devices']} acc{r['grad_accum']}" + "".join(
           f" {k}={v}" for k, v in sorted(r["model_kwargs"].items()))
       lines.append(f"{'compile':<6} {r['model']:<16} {setting:<34} {'-':>9} {'-':>8} {'-':>7} {'-':>6} "
-                   f"{r['compile_s']:>9.1f} {_mib(mem.get('temp_size_in_bytes')):>8} "
-                   f"{_mib(mem.get('argument_size_in_bytes')):>7}")
+                   f"{r['compile_s']:>9.1f} {_memory_columns(mem)}")
       continue
     if r["kind"] == "input":
       setting = f"b{r['batch_size']} {r['image_size']}px {r['augment']}"
@@ -289,7 +298,7 @@ def format_table(results: Sequence[dict], matmul: dict) -> str:
     mem = r.get("memory", {})
     lines.append(f"{r['kind']:<6} {r['model']:<16} {setting:<34} {r['median_s']:>9.3f} {r['min_s']:>8.3f} "
                  f"{r['images_per_s']:>7.2f} {100 * r['mfu']:>5.1f}% {r['compile_s']:>9.1f} "
-                 f"{_mib(mem.get('temp_size_in_bytes')):>8} {_mib(mem.get('argument_size_in_bytes')):>7}")
+                 f"{_memory_columns(mem)}")
   for r in results:
     if r["kind"] == "agc":
       lines.append(f"AGC share of the {r['model']} step: {100 * r['agc_share_median']:.1f}% (median), "

@@ -20,7 +20,7 @@ from nfnet_jax.train import config as config_lib
 from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
 from nfnet_jax.train.progress import Progress
 from nfnet_jax.train.state import init_state
-from nfnet_jax.train.step import AXIS, make_train_step
+from nfnet_jax.train.step import make_train_step, pmap_train_step
 from nfnet_jax.train.writers import MetricWriter
 
 
@@ -102,7 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = make_train_step(
       model, optimizer, schedule=schedule, num_classes=run.info.num_classes,
       label_smoothing=c.label_smoothing, bf16=c.bf16, ema_decay=c.ema_decay, augment=c.augment)
-  p_train_step = jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,))
+  p_train_step = pmap_train_step(train_step)
   p_eval_step = eval_lib.make_eval_step(model, bf16=c.bf16)
   state = eval_lib.replicate(state)
 

@@ -112,6 +112,19 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
   return train_step
 
 
+def pmap_train_step(train_step: Callable, devices=None) -> Callable:
+  """jax.pmap of `train_step` over axis 'batch', donating the state except on CPU.
+
+  On CPU, XLA:CPU recomputes the new parameters, momentum and EMA in three separate fusions from
+  the old buffers, so a donated state is first copied whole; without donation the NFNet-F0 step
+  (batch 8, 128 px) runs in 1.31 s instead of 1.44 s for 18% more memory (old and new state
+  both live). GPUs and TPUs update the donated state in place.
+  """
+  platform = devices[0].platform if devices else jax.default_backend()
+  donate = () if platform == 'cpu' else (0,)
+  return jax.pmap(train_step, axis_name=AXIS, devices=devices, donate_argnums=donate)
+
+
 def pmean(tree: Any) -> Any:
   """Mean over all devices of axis 'batch'; on a single device the tree itself, not a copy."""
   if jax.lax.axis_size(AXIS) == 1:
