@@ -124,7 +124,7 @@ class NF_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module na
 
   def __call__(self, x, is_training: bool = True, return_metrics: bool = False):
     out = self.initial_conv(x)
-    out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
+    out = layers.max_pool(out, window=3, stride=2)
     out, records = base.run_blocks(self.blocks, out, is_training=is_training,
                                    return_metrics=return_metrics, remat=self.remat)
     outputs = base.pooled_head(self.fc, self.activation(out), drop_rate=self.drop_rate,

@@ -176,7 +176,7 @@ class ResNet(hk.Module):
     out = self.initial_conv(x)
     if self.block_order == 'conv_bn_relu':
       out = self.activation(self.initial_bn(out, is_training))
-    out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
+    out = layers.max_pool(out, window=3, stride=2)
     out, records = base.run_blocks(self.blocks, out, is_training=is_training,
                                    return_metrics=return_metrics)
     if self.block_order == 'bn_relu_conv':
