@@ -182,8 +182,8 @@ def compile_train_step(cfg: StepConfig, matmul: Optional[dict] = None, **unused)
           "model_flops_per_step": _train_flops(cfg), "memory": _memory(compiled)}
 
 
-def train_step(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 10) -> dict:
-  """Times the trainer's full pmapped step (forward, label-smoothed CE, backward, AGC, Nesterov SGD, EMA)."""
+def _train_runner(cfg: StepConfig):
+  """Compiles the train step; returns (a function running one step on its own state, the record builder)."""
   compiled, state, batch, compile_s = _compiled_train_step(cfg)
   holder = [state]
 
@@ -191,11 +191,19 @@ def train_step(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 1
     holder[0], metrics = compiled(holder[0], batch)
     return metrics
 
-  timing = time_calls(run, warmup=warmup, steps=steps)
-  xla = _xla_flops(compiled)
-  return {"kind": "train", **dataclasses.asdict(cfg), "compile_s": compile_s,
-          "xla_flops_per_step": None if xla is None else xla * cfg.num_devices,
-          "memory": _memory(compiled), **_speed(cfg, timing, _train_flops(cfg), _peak(matmul, cfg.num_devices))}
+  def record(timing: dict, matmul: dict) -> dict:
+    xla = _xla_flops(compiled)
+    return {"kind": "train", **dataclasses.asdict(cfg), "compile_s": compile_s,
+            "xla_flops_per_step": None if xla is None else xla * cfg.num_devices,
+            "memory": _memory(compiled), **_speed(cfg, timing, _train_flops(cfg), _peak(matmul, cfg.num_devices))}
+
+  return run, record
+
+
+def train_step(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 10) -> dict:
+  """Times the trainer's full pmapped step (forward, label-smoothed CE, backward, AGC, Nesterov SGD, EMA)."""
+  run, record = _train_runner(cfg)
+  return record(time_calls(run, warmup=warmup, steps=steps), matmul)
 
 
 def eval_step(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 10) -> dict:
@@ -242,10 +250,22 @@ def input_pipeline(dataset: str, *, data_dir: Optional[str], batch_size: int, im
 
 
 def agc_share(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 10) -> dict:
-  """AGC's share of a train step: the full step against the same step with AGC switched off."""
-  with_agc = train_step(dataclasses.replace(cfg, clipping=cfg.clipping or 0.01), matmul, warmup=warmup,
-                        steps=steps)
-  without = train_step(dataclasses.replace(cfg, clipping=None), matmul, warmup=warmup, steps=steps)
+  """AGC's share of a train step: the full step against the same step with AGC switched off.
+
+  The two compiled steps run alternately (A B B A ...), so drifts of the machine's speed hit both.
+  """
+  run_with, record_with = _train_runner(dataclasses.replace(cfg, clipping=cfg.clipping or 0.01))
+  run_without, record_without = _train_runner(dataclasses.replace(cfg, clipping=None))
+  times = {run_with: [], run_without: []}
+  for _ in range(warmup):
+    jax.block_until_ready((run_with(), run_without()))
+  for i in range(steps):
+    for run in (run_with, run_without) if i % 2 == 0 else (run_without, run_with):
+      start = time.perf_counter()
+      jax.block_until_ready(run())
+      times[run].append(time.perf_counter() - start)
+  timing = {run: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t} for run, t in times.items()}
+  with_agc, without = record_with(timing[run_with], matmul), record_without(timing[run_without], matmul)
   return {"kind": "agc", "model": cfg.model, "with_agc": with_agc, "without_agc": without,
           "agc_share_median": 1.0 - without["median_s"] / with_agc["median_s"],
           "agc_share_min": 1.0 - without["min_s"] / with_agc["min_s"]}
