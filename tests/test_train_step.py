@@ -8,6 +8,7 @@ import pytest
 from nfnet_jax import models, optim
 from nfnet_jax.evaluate import replicate
 from nfnet_jax.train import ema_decay_at, ema_update, init_state, make_train_step
+from nfnet_jax.train import step as step_lib
 from nfnet_jax.train.step import smoothed_cross_entropy
 
 NUM_CLASSES = 10
@@ -78,3 +79,12 @@ def test_accumulated_step_equals_one_large_batch_step():
     assert np.all(leaf == leaf[:1])
   assert np.all(np.asarray(big_metrics['loss']) == np.asarray(big_metrics['loss'])[0])
   assert 0.0 <= float(big_metrics['clip_fraction'][0]) <= 1.0
+
+
+def test_global_norm_equals_the_l2_norm_of_all_leaves():
+  rng = np.random.default_rng(0)
+  tree = {'gain': np.float32(3.0), 'b': rng.standard_normal(7, np.float32),
+          'linear': {'w': rng.standard_normal((5, 4), np.float32)},
+          'conv': {'w': rng.standard_normal((3, 3, 2, 6), np.float32)}}
+  expected = np.sqrt(sum(np.sum(np.square(x.astype(np.float64))) for x in jax.tree.leaves(tree)))
+  np.testing.assert_allclose(jax.jit(step_lib.global_norm)(tree), expected, rtol=1e-6)
