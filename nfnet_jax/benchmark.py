@@ -22,18 +22,30 @@ from nfnet_jax import flops as flops_lib
 from nfnet_jax import models
 
 
-def time_calls(fn: Callable[[], Any], *, warmup: int = 2, steps: int = 10) -> dict:
-  """Runs ``fn`` ``warmup`` times untimed, then ``steps`` times timed; returns median/min seconds and all times."""
+def time_alternating(fns: Sequence[Callable[[], Any]], *, warmup: int = 2, steps: int = 10) -> list[dict]:
+  """Times several functions taking turns (A B, B A, A B, ...), so drifts of machine speed hit all alike.
+
+  Each runs ``warmup`` times untimed, then ``steps`` times timed; returns, per function, its median
+  and min seconds and all times.
+  """
   if steps < 1 or warmup < 0:
     raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}.")
   for _ in range(warmup):
-    jax.block_until_ready(fn())
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
+    for fn in fns:
+      jax.block_until_ready(fn())
+  times = [[] for _ in fns]
+  for step in range(steps):
+    order = range(len(fns)) if step % 2 == 0 else reversed(range(len(fns)))
+    for i in order:
+      start = time.perf_counter()
+      jax.block_until_ready(fns[i]())
+      times[i].append(time.perf_counter() - start)
+  return [{"median_s": statistics.median(t), "min_s": min(t), "times_s": t} for t in times]
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int = 2, steps: int = 10) -> dict:
+  """Runs ``fn`` ``warmup`` times untimed, then ``steps`` times timed; returns median/min seconds and all times."""
+  return time_alternating([fn], warmup=warmup, steps=steps)[0]
 
 
 def matmul_flops_per_s(size: int = 2048, dtype: str = "float32", *, warmup: int = 2, steps: int = 10,
@@ -252,20 +264,12 @@ def input_pipeline(dataset: str, *, data_dir: Optional[str], batch_size: int, im
 def agc_share(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 10) -> dict:
   """AGC's share of a train step: the full step against the same step with AGC switched off.
 
-  The two compiled steps run alternately (A B B A ...), so drifts of the machine's speed hit both.
+  The two compiled steps take turns (`time_alternating`), so drifts of the machine's speed hit both.
   """
   run_with, record_with = _train_runner(dataclasses.replace(cfg, clipping=cfg.clipping or 0.01))
   run_without, record_without = _train_runner(dataclasses.replace(cfg, clipping=None))
-  times = {run_with: [], run_without: []}
-  for _ in range(warmup):
-    jax.block_until_ready((run_with(), run_without()))
-  for i in range(steps):
-    for run in (run_with, run_without) if i % 2 == 0 else (run_without, run_with):
-      start = time.perf_counter()
-      jax.block_until_ready(run())
-      times[run].append(time.perf_counter() - start)
-  timing = {run: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t} for run, t in times.items()}
-  with_agc, without = record_with(timing[run_with], matmul), record_without(timing[run_without], matmul)
+  timing_with, timing_without = time_alternating([run_with, run_without], warmup=warmup, steps=steps)
+  with_agc, without = record_with(timing_with, matmul), record_without(timing_without, matmul)
   return {"kind": "agc", "model": cfg.model, "with_agc": with_agc, "without_agc": without,
           "agc_share_median": 1.0 - without["median_s"] / with_agc["median_s"],
           "agc_share_min": 1.0 - without["min_s"] / with_agc["min_s"]}

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 from nfnet_jax import layers
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """Everything the registry and its users need to know about one named variant.
