@@ -17,6 +17,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nfnet_jax import data as data_lib
+from nfnet_jax.train import build as build_lib
+from nfnet_jax.train import checkpoints
+from nfnet_jax.train import config as config_lib
 from nfnet_jax.train.step import cast_floating, smoothed_cross_entropy, topk_correct
 
 _SUMS = ('loss', 'top1', 'top5', 'num_examples')
@@ -100,7 +103,6 @@ def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None =
   workdir, to WORKDIR/eval.json.
   """
   from nfnet_jax import pretrained as pretrained_lib  # pylint: disable=import-outside-toplevel
-  from nfnet_jax.train import checkpoints, config as config_lib, loop  # pylint: disable=import-outside-toplevel
   if (workdir is None) == (pretrained is None):
     raise ValueError('give exactly one of --workdir (a training run) or --pretrained (a params file).')
   run = config_lib.validate(config)
@@ -108,8 +110,8 @@ def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None =
   if split not in run.info.splits:
     raise ValueError(f'--split={split!r} is not a split of {run.info.name}; it has '
                      f'{sorted(run.info.splits)}.')
-  model, optimizer, _ = loop.build(run)
-  init_fn = loop.initial_state_fn(run, model, optimizer)
+  model, optimizer, _ = build_lib.build(run)
+  init_fn = build_lib.initial_state_fn(run, model, optimizer)
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   if workdir is not None:
     checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
@@ -161,7 +163,6 @@ def load_classifier(*, workdir: str | None = None, pretrained: str | None = None
   """
   from nfnet_jax import models  # pylint: disable=import-outside-toplevel
   from nfnet_jax import pretrained as pretrained_lib  # pylint: disable=import-outside-toplevel
-  from nfnet_jax.train import checkpoints  # pylint: disable=import-outside-toplevel
   if (workdir is None) == (pretrained is None):
     raise ValueError('give exactly one of --workdir (a training run) or --pretrained (a params file).')
   if workdir is not None:

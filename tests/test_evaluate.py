@@ -14,7 +14,8 @@ import pytest
 from nfnet_jax import data, pretrained
 from nfnet_jax.evaluate import evaluate_run, evaluate_split
 from nfnet_jax.train import Checkpointer, validate
-from nfnet_jax.train.loop import build, config_json, initial_state_fn
+from nfnet_jax.train.build import build, initial_state_fn
+from nfnet_jax.train.loop import config_json
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
@@ -14,33 +13,17 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from nfnet_jax import data as data_lib
-from nfnet_jax import models
-from nfnet_jax import optim
+from nfnet_jax import evaluate as eval_lib
 from nfnet_jax.train import config as config_lib
+from nfnet_jax.train.build import build, initial_state_fn
 from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
 from nfnet_jax.train.progress import Progress
-from nfnet_jax.train.state import init_state
 from nfnet_jax.train.step import make_train_step, pmap_train_step
 from nfnet_jax.train.writers import MetricWriter
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or Inf; the run stopped without saving over the last good checkpoint."""
-
-
-def build(run: config_lib.Run):
-  """Model, optimizer and schedule for a validated run."""
-  c = run.config
-  model = models.create(c.model, num_classes=run.info.num_classes, **c.model_kwargs.to_dict())
-  sizes = dict(global_batch_size=c.batch_size, total_steps=run.total_steps,
-               steps_per_epoch=run.steps_per_epoch)
-  return model, optim.create(c.optimizer, **sizes), optim.create_schedule(c.optimizer, **sizes)
-
-
-def initial_state_fn(run: config_lib.Run, model, optimizer):
-  """A jitted rng -> TrainState (jax.eval_shape of it gives the checkpoint's structure)."""
-  shape = (run.per_device_batch, run.image_size, run.image_size, 3)
-  return jax.jit(functools.partial(init_state, model, optimizer, image_shape=shape))
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:
@@ -65,7 +48,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.ConfigError before compiling anything when the config cannot run, and
   NonFiniteLossError naming the step when the loss becomes NaN or Inf.
   """
-  from nfnet_jax import evaluate as eval_lib  # pylint: disable=import-outside-toplevel  (it imports this package)
   run = config_lib.validate(config)
   c = config
   is_main = jax.process_index() == 0
