@@ -285,11 +285,44 @@ class WSConv2D(hk.Module):
     w_shape = self.kernel_shape + (in_ch // groups, self.output_channels)
     w = hk.get_parameter("w", w_shape, x.dtype, init=self.w_init)
     gain = hk.get_parameter("gain", (self.output_channels,), w.dtype, init=jnp.ones)
-    weight = standardize_weight(w, gain, self.eps).astype(x.dtype)
+    weight = self.standardize(w, gain).astype(x.dtype)
     out = conv2d(x, weight, stride=self.stride, padding=self.padding, rate=self.rate,
                  groups=groups, impl=self.conv_impl)
     bias = hk.get_parameter("bias", (self.output_channels,), x.dtype, init=jnp.zeros)
     return out + bias.astype(out.dtype)
+
+  def standardize(self, w: Array, gain: Array) -> Array:
+    return standardize_weight(w, gain, self.eps)
+
+
+def standardize_weight_timm(w: Array, gain: Array, gamma: float = 1.0, eps: float = 1e-5) -> Array:
+  """Ŵ = γ · gain · (W − mean) / sqrt(N · (var + eps)): timm's ScaledStdConv2d, γ folded into the weight.
+
+  The eps is added to the variance (DeepMind floors N·var at 1e-4 instead); statistics over the
+  fan-in (H, W, I) in float32, differentiated by autodiff.
+  """
+  w32 = w.astype(jnp.float32)
+  axes = tuple(range(w.ndim - 1))
+  mean = jnp.mean(w32, axis=axes, keepdims=True)
+  var = jnp.var(w32, axis=axes, keepdims=True)
+  scale = gain.astype(jnp.float32) * (gamma * float(np.prod(w.shape[:-1])) ** -0.5)
+  return (w32 - mean) * jax.lax.rsqrt(var + eps) * scale
+
+
+class TimmWSConv2D(WSConv2D):
+  """WSConv2D with timm's standardization (`standardize_weight_timm`): eps 1e-5 on the variance, ×γ.
+
+  Same parameters (`w`, `gain`, `bias`) as WSConv2D; `gamma` is the γ of the activation before
+  the conv, which timm multiplies into the weight instead of the activation.
+  """
+
+  def __init__(self, output_channels: int, kernel_shape: int | Sequence[int], *,
+               gamma: float = 1.0, eps: float = 1e-5, **kwargs):
+    super().__init__(output_channels, kernel_shape, eps=eps, **kwargs)
+    self.gamma = gamma
+
+  def standardize(self, w: Array, gain: Array) -> Array:
+    return standardize_weight_timm(w, gain, self.gamma, self.eps)
 
 
 # ---------------------------------------------------------------------------
@@ -323,6 +356,37 @@ class SqueezeExcite(hk.Module):
   def __call__(self, x: Array) -> Array:
     h = jnp.mean(x, axis=(1, 2))
     h = self.fc1(self.activation(self.fc0(h)))
+    gate = 2.0 * jax.nn.sigmoid(h)
+    return x * gate[:, None, None, :].astype(x.dtype)
+
+
+def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
+  """k = the odd integer nearest above |log2(C) + β| / γ, at least 3 ([ECA-Net] eq. 12)."""
+  t = int(abs(np.log2(channels) + beta) / gamma)
+  return max(t if t % 2 else t + 1, 3)
+
+
+class EfficientChannelAttention(hk.Module):
+  """x · 2σ(conv1d_k(mean_HW(x))): ECA (Wang et al. 2020, arXiv:1910.03151) with the ×2 NF rescale.
+
+  One parameter `w` [k], a bias-free cross-correlation over channels with zero padding (k−1)/2,
+  k = eca_kernel_size(channels) unless given.
+  """
+
+  def __init__(self, channels: int, kernel_size: int | None = None, name: str | None = None):
+    super().__init__(name=name)
+    self.kernel_size = kernel_size or eca_kernel_size(channels)
+    if self.kernel_size % 2 == 0:
+      raise ValueError(f"ECA kernel_size must be odd, got {self.kernel_size}.")
+
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel_size
+    w = hk.get_parameter("w", (k,), x.dtype,
+                         init=hk.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"))  # ±1/sqrt(k)
+    h = jnp.mean(x, axis=(1, 2))
+    channels = h.shape[-1]
+    padded = jnp.pad(h, ((0, 0), ((k - 1) // 2, (k - 1) // 2)))
+    h = sum(w[j] * padded[:, j:j + channels] for j in range(k))
     gate = 2.0 * jax.nn.sigmoid(h)
     return x * gate[:, None, None, :].astype(x.dtype)
 

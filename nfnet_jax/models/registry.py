@@ -14,6 +14,7 @@ from nfnet_jax.models import base
 # Family modules, each exposing SPECS: list[ModelSpec] (see models/base.py).
 _FAMILY_MODULES = (
     "nfnet_jax.models.nfnet",
+    "nfnet_jax.models.nfnet_l",
     "nfnet_jax.models.nf_regnet",
     "nfnet_jax.models.nf_resnet",
     "nfnet_jax.models.resnet",
