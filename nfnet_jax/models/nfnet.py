@@ -126,9 +126,12 @@ class NFNet(hk.Module):
                drop_rate: float | None = None, activation: str = "gelu",
                fc_init: hk.initializers.Initializer | None = None,
                final_conv_mult: float | None = 2, final_conv_ch: int | None = None,
-               use_two_convs: bool = True, conv_impl: str = "auto", remat: bool = False,
-               name: str = "NFNet"):
-    """Options as in DeepMind's NFNet, plus (neither changes the parameters):
+               use_two_convs: bool = True, group_size: int = 128,
+               stem_width: int | None = None, depths: tuple[int, ...] | None = None,
+               widths: tuple[int, ...] | None = None,
+               conv_impl: str = "auto", remat: bool = False, name: str = "NFNet"):
+    """Options as in DeepMind's NFNet, plus group_size, stem_width (see below), depths and
+    widths (default: the variant's), for smaller test networks, and (neither changes the parameters):
 
     conv_impl: 'auto' | 'native' | 'split', how grouped convs are computed
       (see layers.resolve_conv_impl; 'auto' splits them per group on CPU).
@@ -145,25 +148,28 @@ class NFNet(hk.Module):
     self.drop_rate = params["drop_rate"] if drop_rate is None else drop_rate
     self.activation = layers.get_activation(activation)
     conv = functools.partial(layers.WSConv2D, conv_impl=conv_impl)
-    ch = params["width"][0] // 2
-    self.stem = [conv(16, 3, stride=2, name="stem_conv0"),
-                 conv(32, 3, name="stem_conv1"),
-                 conv(64, 3, name="stem_conv2"),
-                 conv(ch, 3, stride=2, name="stem_conv3")]
+    ch = params["width"][0] // 2 if stem_width is None else stem_width
+    # DeepMind's stem: 16, 32, 64, ch channels; a given stem_width s: s/8, s/4, s/2, s (timm's).
+    stem_chs = (16, 32, 64) if stem_width is None else (ch // 8, ch // 4, ch // 2)
+    self.stem = [conv(c, 3, stride=s, name=f"stem_conv{i}")
+                 for i, (c, s) in enumerate(zip(stem_chs + (ch,), (2, 1, 1, 2)))]
 
-    depths = params["depth"]
+    depths = params["depth"] if depths is None else tuple(depths)
+    widths = params["width"] if widths is None else tuple(widths)
+    if len(depths) != 4 or len(widths) != 4:
+      raise ValueError(f"NFNet needs 4 stage depths and widths, got {depths} and {widths}.")
     betas = layers.residual_betas(depths, alpha)
     sd_rates = layers.stochdepth_rates(sum(depths), stochdepth_rate)
     self.blocks, self.transitions = [], []
     for stage, (stage_width, depth, stride) in enumerate(
-        zip(params["width"], depths, (1, 2, 2, 2))):
+        zip(widths, depths, (1, 2, 2, 2))):
       for i in range(depth):
         index = len(self.blocks)
         out_ch = int(stage_width * width)
         self.blocks.append(NFBlock(
             ch, out_ch, se_ratio=se_ratio, stride=stride if i == 0 else 1,
             beta=betas[index], alpha=alpha, activation=self.activation,
-            use_two_convs=use_two_convs, stochdepth_rate=sd_rates[index],
+            use_two_convs=use_two_convs, group_size=group_size, stochdepth_rate=sd_rates[index],
             conv_impl=conv_impl))
         self.transitions.append(i == 0)
         ch = out_ch

@@ -1,0 +1,1 @@
+"""Conversion of parameters to and from other frameworks' formats (see interop/timm.py)."""
