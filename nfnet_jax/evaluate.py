@@ -127,8 +127,7 @@ def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None =
     if jax.tree.leaves(abstract.model_state):
       raise ValueError(f'{config.model} has model state (BatchNorm statistics) that a params file '
                        'does not hold; evaluate its training run with --workdir instead.')
-    params = pretrained_lib.load(pretrained)
-    pretrained_lib.check_compatible(params, abstract.params, what=f'parameters in {pretrained}')
+    params = pretrained_lib.load(pretrained, like=abstract.params)
     candidates = {'params': (jax.tree.map(np.asarray, params), {})}
     step = None
   p_eval_step = make_eval_step(model, bf16=config.bf16)

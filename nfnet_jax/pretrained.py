@@ -4,7 +4,8 @@ DeepMind released the NFNet weights as files named ``F0_haiku.npz`` … ``F6_hai
 written with ``dill``, of a nested dict ``{module_path: {param_name: ndarray}}``. Unpickling runs whatever the file
 asks for, so :func:`load` uses a restricted unpickler that can build only numpy arrays, dtypes and plain containers;
 anything else in the file is refused before it can run. Flat ``.npz`` files keyed ``"module_path/param_name"`` (what
-:func:`save` writes) are read with ``allow_pickle=False``.
+:func:`save` writes) are read with ``allow_pickle=False``. timm/PyTorch state dicts (``.safetensors``, ``.pth``,
+``.bin``; told apart by content) are converted by :mod:`nfnet_jax.interop.timm` for the model named by ``like``.
 """
 
 import codecs
@@ -15,6 +16,8 @@ import tempfile
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
+
+from nfnet_jax.interop import timm as timm_interop
 
 Params = dict  # {module_path: {param_name: np.ndarray}}
 
@@ -177,10 +180,18 @@ def load(path: Union[str, os.PathLike], like: Optional[Union[str, Mapping]] = No
   """Reads a parameter file into ``{module_path: {param_name: np.ndarray}}``.
 
   Args:
-    path: a DeepMind release file (dill pickle, whatever its extension) or a flat ``.npz`` from :func:`save`.
+    path: a DeepMind release file (dill pickle, whatever its extension), a flat ``.npz`` from :func:`save`, or a
+      timm state dict (``.safetensors`` or PyTorch ``.pth``/``.bin``, e.g. timm's ``dm_nfnet_f0`` for ours
+      ``nfnet_f0``), which needs ``like``.
     like: optional model name (e.g. ``'nfnet_f0'``) or params tree; if given, the file must match it exactly
-      (same module paths, names and shapes) or IncompatibleParamsError lists every difference.
+      (same module paths, names and shapes) or IncompatibleParamsError (timm files:
+      ``timm_interop.IncompatibleStateDictError``) lists every difference.
   """
+  if timm_interop.is_timm_file(path):
+    if like is None:
+      raise ValueError(f"{os.fspath(path)} is a timm/PyTorch state dict: name the model it is for with like= "
+                       "(--model on the command line), e.g. like='eca_nfnet_l0' or 'nfnet_f0' for dm_nfnet_f0.")
+    return timm_interop.from_timm(path, like)
   params = _read(path)
   if like is not None:
     check_compatible(params, _expected_tree(like), what=f"parameters in {os.fspath(path)}")
@@ -206,3 +217,24 @@ def save(path: Union[str, os.PathLike], params: Mapping[str, Mapping[str, Any]])
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def convert(path: Union[str, os.PathLike], out: Union[str, os.PathLike], *, model: str, to: str) -> str:
+  """Converts a params file for ``model``: ``to='timm'`` writes timm's state dict as ``.safetensors``, ``to='npz'``
+  our flat npz. The input's format (DeepMind pickle, npz, safetensors, .pth) is read off its content. Returns
+  a one-line summary."""
+  if to not in ("timm", "npz"):
+    raise ValueError(f"to must be 'timm' or 'npz', got {to!r}.")
+  suffix = os.path.splitext(os.fspath(out))[1]
+  if to == "timm" and suffix != ".safetensors":
+    raise ValueError(f"--to=timm writes safetensors: name the output *.safetensors, not {os.fspath(out)!r}.")
+  if to == "npz" and suffix != ".npz":
+    raise ValueError(f"--to=npz writes an npz: name the output *.npz, not {os.fspath(out)!r}.")
+  params = load(path, like=model)
+  if to == "timm":
+    state = timm_interop.to_timm(params, model)
+    timm_interop.save_safetensors(out, state)
+    return (f"wrote {len(state)} tensors for timm's {timm_interop.TIMM_NAMES[model]} to {os.fspath(out)} "
+            f"(timm.create_model({timm_interop.TIMM_NAMES[model]!r}).load_state_dict(safetensors.torch.load_file(...)))")
+  save(out, params)
+  return f"wrote {sum(len(d) for d in params.values())} arrays for {model} to {os.fspath(out)}"

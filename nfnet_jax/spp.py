@@ -227,6 +227,9 @@ def load_weights(choice: ModelChoice, *, workdir: Optional[str] = None,
     state = raw['ema_model_state' if ema else 'model_state'] or {}
     return params, state
   from nfnet_jax import pretrained as pretrained_lib  # pylint: disable=import-outside-toplevel
+  from nfnet_jax.interop import timm as timm_interop  # pylint: disable=import-outside-toplevel
+  if timm_interop.is_timm_file(pretrained):
+    return timm_interop.from_timm(pretrained, choice.name, **choice.overrides), {}
   return pretrained_lib.load(pretrained), {}
 
 

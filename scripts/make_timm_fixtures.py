@@ -8,7 +8,7 @@ Run once in a separate environment with PyTorch and timm (never a dependency of 
 For each architecture (DeepMind's NFNet as timm's dm_nfnet, NFNet-L with SE, ECA-NFNet-L) it builds a
 reduced-width config, randomises every tensor (gains and SkipInit gains included, so no branch is
 zero), and saves `<arch>.safetensors` (its state dict) and `<arch>_logits.npy` (timm's eval-mode
-logits on the input `fixture_input()`, float32). `layouts.json.gz` holds timm's key → shape list of
+logits on the input `fixture_input()`, float32). `tensors.pth` is a torch.save file of a few views. `layouts.json.gz` holds timm's key → shape list of
 every full-size supported model (built on the meta device: no weights are made or downloaded), and
 `meta.json` the configs, timm's version and parameter counts.
 """
@@ -69,10 +69,42 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
         p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
 
 
+def full_size(args):
+  """Randomised full-size models and timm's logits on fixture_input() resized to --image_size."""
+  x = torch.from_numpy(fixture_input()).permute(0, 3, 1, 2)
+  x = torch.nn.functional.interpolate(x, size=args.image_size, mode="bilinear").contiguous()
+  np.save(os.path.join(args.full_size, "input.npy"), x.permute(0, 2, 3, 1).numpy())
+  for i, name in enumerate(args.models.split(",")):
+    model = timm.create_model(name).eval()
+    randomise(model, 100 + i)
+    if args.check:
+      model.load_state_dict(safetensors.torch.load_file(args.check), strict=True)
+    with torch.no_grad():
+      logits = model(x).numpy()
+    if args.check:
+      ref = np.load(args.check_logits)
+      print(f"{name}: loaded {args.check} with strict=True; logits max |diff| / max |logit| = "
+            f"{np.abs(logits - ref).max() / np.abs(ref).max():.2e}")
+      continue
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                                os.path.join(args.full_size, f"{name}.safetensors"))
+    np.save(os.path.join(args.full_size, f"{name}_logits.npy"), logits)
+    print(f"{name}: logits max |logit| {np.abs(logits).max():.3f}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="tests/data/timm")
+  parser.add_argument("--full_size", default=None, help="Instead: write randomised full-size models "
+                      "(<timm name>.safetensors, <timm name>_logits.npy) to this folder, for --models.")
+  parser.add_argument("--models", default=",".join(FULL_SIZE))
+  parser.add_argument("--image_size", type=int, default=128)
+  parser.add_argument("--check", default=None, help="Instead: load FILE (e.g. written by to_timm) into "
+                      "timm's --models model with strict=True and compare its logits to --check_logits.")
+  parser.add_argument("--check_logits", default=None, help="Logits (.npy) expected for --check's weights.")
   args = parser.parse_args()
+  if args.full_size or args.check:
+    return full_size(args)
   os.makedirs(args.out, exist_ok=True)
   torch.manual_seed(0)
   meta = {"timm_version": timm.__version__, "torch_version": torch.__version__,
@@ -92,6 +124,10 @@ def main():
                            "overrides": our_overrides,
                            "num_params": sum(v.numel() for v in model.parameters())}
     print(f"{arch}: {meta['archs'][arch]['num_params']} params, logits {logits.shape}")
+  base = torch.arange(12, dtype=torch.float32).view(3, 4)
+  torch.save({"contiguous": base, "transposed": base.t(), "offset": base[1:, 2:],
+              "half": base[0].half(), "param": torch.nn.Parameter(torch.ones(2))},
+             os.path.join(args.out, "tensors.pth"))
   layouts = {}
   for name in FULL_SIZE:
     with torch.device("meta"):

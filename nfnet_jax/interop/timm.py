@@ -16,6 +16,7 @@ and plain containers, so a file that tries to run code is refused and torch is n
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -129,12 +130,12 @@ def _timm_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _to_timm(kind: str, x: np.ndarray) -> np.ndarray:
+  shape = _timm_shape(kind, x.shape)
   if kind == "conv":
     x = x.transpose(3, 2, 0, 1)
   elif kind in ("linear", "conv1x1"):
     x = x.T
-  return np.ascontiguousarray(x.reshape(_timm_shape(kind, x.shape) if kind in ("gain", "eca") else x.shape)
-                              if kind != "conv1x1" else x.reshape(x.shape + (1, 1)))
+  return np.array(x.reshape(shape), order="C")  # a C-contiguous copy (0-d arrays stay 0-d)
 
 
 def _from_timm(kind: str, x: np.ndarray) -> np.ndarray:
@@ -176,6 +177,13 @@ def expected_tree(model: str | Mapping, **overrides) -> Mapping:
     if overrides:
       raise ValueError("overrides apply to a model name, not to a params tree.")
     return model
+  frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()))
+  return _abstract_tree(model, frozen)
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_tree(model: str, overrides: tuple) -> Mapping:
+  overrides = dict(overrides)
   import jax  # pylint: disable=import-outside-toplevel
   from nfnet_jax import models  # pylint: disable=import-outside-toplevel
   spec = models.get_spec(model)
@@ -366,7 +374,7 @@ def _read_torch_zip(source: str) -> StateDict:
 def save_safetensors(path: str | os.PathLike, state: Mapping[str, np.ndarray]) -> None:
   """Writes a state dict as ``.safetensors`` (what timm and torch read), atomically."""
   from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
-  data = save({k: np.ascontiguousarray(v) for k, v in state.items()}, metadata={"format": "pt"})
+  data = save({k: np.array(v, order="C") for k, v in state.items()}, metadata={"format": "pt"})
   path = os.fspath(path)
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors",
                              dir=os.path.dirname(os.path.abspath(path)))
