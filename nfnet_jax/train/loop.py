@@ -83,7 +83,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   train_step = make_train_step(
       model, optimizer, schedule=schedule, num_classes=run.info.num_classes,
-      label_smoothing=c.label_smoothing, bf16=c.bf16, ema_decay=c.ema_decay, augment=c.augment)
+      label_smoothing=c.label_smoothing, bf16=c.bf16, ema_decay=c.ema_decay, augment=c.augment,
+      sam_rho=c.optimizer.sam_rho, sam_mode=c.optimizer.sam_mode)
   p_train_step = pmap_train_step(train_step)
   p_eval_step = eval_lib.make_eval_step(model, bf16=c.bf16)
   state = eval_lib.replicate(state)
