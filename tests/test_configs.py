@@ -31,7 +31,7 @@ def small(config, **overrides):
 
 
 @pytest.mark.parametrize('name', ['nfnet', 'nf_resnet', 'resnet_bn', 'quickstart', 'skipinit_resnet',
-                                  'fixup_resnet'])
+                                  'fixup_resnet', 'nfnet_sam'])
 def test_docstring_gives_the_launch_command_and_every_key_is_present(name):
   module = load(name)
   assert f'python scripts/train.py --config=configs/{name}.py' in module.__doc__
@@ -70,6 +70,15 @@ def test_other_configs_name_registered_models_and_validate():
   validate(q, device_count=1)
   with pytest.raises(ValueError, match='F9'):
     load('nfnet').get_config('F9')
+
+
+def test_nfnet_sam_config_is_the_f6_recipe_plus_sam():
+  sam, f6 = load('nfnet_sam').get_config(), load('nfnet').get_config('F6')
+  assert sam.model == 'nfnet_f6' and sam.optimizer.sam_mode == 'device'
+  assert sam.optimizer.sam_rho == 0.05 and f6.optimizer.sam_rho == 0.0
+  sam.optimizer.sam_rho = f6.optimizer.sam_rho
+  assert sam.to_dict() == f6.to_dict()
+  validate(small(load('nfnet_sam').get_config(), model='nf_resnet50', augment='none'), device_count=4)
 
 
 def test_nf_and_bn_resnet_configs_share_the_paper_recipe():
