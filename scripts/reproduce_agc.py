@@ -2,8 +2,8 @@
 
   python scripts/reproduce_agc.py --out docs
 
-trains a tiny NF-ResNet (no clipping, global-norm clipping, AGC at λ = 0.01, 0.04, 0.16) and a
-tiny BN-ResNet on 8x8 digits at batch sizes 16, 64, 256 with lr = base_lr · B / 256, 200 steps
+trains a tiny NF-ResNet (no clipping, global-norm clipping, AGC at λ = 0.01 and 0.16) and a
+tiny BN-ResNet on 8x8 digits at batch sizes 16 and 256 with lr = 1.6 · B / 256, 200 steps
 each, and writes OUT/agc_ablation.json (every run) and OUT/agc_ablation.png (top-1 vs batch size
 with diverged runs marked; top-1 vs λ; NF vs BN). Every flag left out keeps the default of
 `nfnet_jax.ablation.get_config()`; --dataset takes any prepared tfds dataset. --quick runs a

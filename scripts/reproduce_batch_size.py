@@ -3,7 +3,7 @@
   python scripts/reproduce_batch_size.py --out docs
 
 trains the four models in one shape (NF-ResNet-50's layout, one block per stage, width 1) on 8x8
-digits at batch sizes 2, 8, 32, 128, 256, 150 steps at every batch size, lr = 0.2 · sqrt(B / 256),
+digits at batch sizes 2, 16 and 128, 150 steps at every batch size, lr = 0.2 · sqrt(B / 256),
 seeds 0 and 1, no clipping, and writes OUT/batch_size_robustness.json (every run) and
 OUT/batch_size_robustness.png (top-1 vs batch size). Every flag left out keeps the default of
 `nfnet_jax.ablation.batch_size_config()`. --quick runs BN and NF at B = 2 and 64 for tests.

@@ -81,9 +81,9 @@ def test_sweep_records_divergence_and_writes_json_and_png(tmp_path):
 def test_batch_size_sweep_grid_and_learning_rates():
   c = ablation.batch_size_config()
   specs = ablation.batch_runs_of(c)
-  assert len(specs) == len(c.kinds) * len(c.batch_sizes) * len(c.seeds) == 40
+  assert len(specs) == len(c.kinds) * len(c.batch_sizes) * len(c.seeds) == 24
   assert {s.model for s in specs} == {'bn', 'nf', 'skipinit', 'fixup'}
-  assert {s.batch_size for s in specs} == {2, 8, 32, 128, 256} and min(c.batch_sizes) == 2
+  assert {s.batch_size for s in specs} == {2, 16, 128}
   assert all(s.clip_mode == 'none' for s in specs)
   groups = [(s.model, s.batch_size) for s in specs]
   assert len(set(groups)) == sum(1 for i, g in enumerate(groups) if i == 0 or g != groups[i - 1])
