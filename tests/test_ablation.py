@@ -87,6 +87,6 @@ def test_batch_size_sweep_grid_and_learning_rates():
   assert all(s.clip_mode == 'none' for s in specs)
   groups = [(s.model, s.batch_size) for s in specs]
   assert len(set(groups)) == sum(1 for i, g in enumerate(groups) if i == 0 or g != groups[i - 1])
-  assert ablation.peak_lr(c, 256) == pytest.approx(0.2)
-  assert ablation.peak_lr(c, 4) == pytest.approx(0.2 / 8)
+  assert ablation.peak_lr(c, 256) == pytest.approx(0.05)
+  assert ablation.peak_lr(c, 4) == pytest.approx(0.05 / 8)
   assert ablation.peak_lr(ablation.get_config(), 64) == pytest.approx(1.6 * 64 / 256)
