@@ -6,8 +6,8 @@ trains a tiny NF-ResNet (no clipping, global-norm clipping, AGC at λ = 0.01 and
 tiny BN-ResNet on 8x8 digits at batch sizes 16 and 256 with lr = 1.6 · B / 256, 200 steps
 each, and writes OUT/agc_ablation.json (every run) and OUT/agc_ablation.png (top-1 vs batch size
 with diverged runs marked; top-1 vs λ; NF vs BN). Every flag left out keeps the default of
-`nfnet_jax.ablation.get_config()`; --dataset takes any prepared tfds dataset. --quick runs 3 of the
-default runs (B = 16: no clipping, AGC 0.01, BN) for tests.
+`nfnet_jax.ablation.get_config()`; --dataset takes any prepared tfds dataset. --quick runs B = 256 only
+(no clipping, AGC 0.01, BN) for 100 steps, for tests.
 """
 import argparse
 import sys
@@ -27,7 +27,7 @@ def main(argv=None):
   d = ablation.get_config()
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--out', required=True, help='output directory')
-  p.add_argument('--quick', action='store_true', help='3 of the default runs (B=16) for tests')
+  p.add_argument('--quick', action='store_true', help='B=256 only: no clipping, AGC 0.01, BN; 100 steps')
   p.add_argument('--dataset', default=d.dataset)
   p.add_argument('--data-dir', default=d.data_dir)
   p.add_argument('--image-size', type=int, default=d.image_size)
@@ -45,7 +45,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   c = ablation.get_config()
   if args.quick:
-    c.update(batch_sizes=(16,), agc_thresholds=(0.01,), global_norm=None)
+    c.update(batch_sizes=(256,), agc_thresholds=(0.01,), global_norm=None, steps=100,
+             warmup_steps=10)
   c.update(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
            base_lr=args.base_lr, global_norm=None if args.quick else args.global_norm,
            sensitivity_batch_sizes=args.sensitivity_batch_sizes, seeds=args.seeds)
