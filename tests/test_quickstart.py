@@ -26,7 +26,9 @@ def _run(script, workdir):
                          f'--workdir={workdir}'], cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=1800)
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  noise = [line for line in (proc.stdout + proc.stderr).splitlines() if LIBRARY_LOG_LINE.search(line)]
+  # XLA's slow-compile alarm is a real report about an overloaded machine, not start-up noise.
+  noise = [line for line in (proc.stdout + proc.stderr).splitlines()
+           if LIBRARY_LOG_LINE.search(line) and 'slow_operation_alarm' not in line]
   assert not noise, '\n'.join(noise)
   return proc
 
