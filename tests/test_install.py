@@ -20,7 +20,7 @@ EXTRA_PACKAGES = ['tensorflow', 'tensorflow_datasets', 'orbax', 'matplotlib', 'm
 
 def _python(code: str, *, python: str = sys.executable, cwd: str = REPO, env=None):
   return subprocess.run([python, '-c', textwrap.dedent(code)], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=1800)
 
 
 def test_light_modules_import_no_extra_package():
@@ -84,7 +84,7 @@ def test_wheel_in_a_fresh_venv_with_core_dependencies_only(tmp_path):
   and a model forward from it, and checks that the extras' features name their extra."""
   env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'VIRTUAL_ENV')}
   run = lambda *cmd, cwd=tmp_path: subprocess.run(cmd, cwd=cwd, env=env, capture_output=True,
-                                                   text=True, timeout=600)
+                                                   text=True, timeout=1800)
   wheel_dir, venv = tmp_path / 'wheel', tmp_path / 'venv'
   built = run(sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '-w', str(wheel_dir), REPO)
   assert built.returncode == 0, built.stderr
