@@ -2,7 +2,16 @@
 
 Digits (1,797 real images shipped with scikit-learn, no download) are upsampled to 32x32. The
 model is NF-ResNet-50's architecture with one block per stage and a quarter of its width, trained
-with the NFNet optimizer (SGD Nesterov + AGC) and EMA; it reaches >= 95% validation accuracy.
+with the NFNet optimizer (SGD Nesterov + AGC) and EMA; it reaches >= 97% validation top-1 for
+every seed tried (0-4).
+
+Why clip_eps is 0.1 here, not the paper's 1e-3: every residual branch ends in a SkipInit gain that
+starts at 0, and AGC clips a parameter's gradient to clipping * max(|g|, eps). With eps = 1e-3 a
+gain could move by only ~4e-5 per step (lr 0.1, momentum included), so the branches stayed shut for
+hundreds of steps while only the strided 1x1 shortcuts (which see one corner of the 32x32 image)
+learned, and some seeds never recovered (seed 4: 46%). eps = 0.1 lets the gains (and the
+zero-initialised biases) move 100x faster; conv units, whose norms are 0.48-1.4 at initialisation,
+clip as before. Seeds 0-4 then reached 100.0, 99.0, 98.7, 99.7 and 99.3% (was 92, 99, 96, 97, 46).
 
   python scripts/train.py --config=configs/quickstart.py --workdir=runs/quickstart
   python scripts/evaluate.py --config=configs/quickstart.py --workdir=runs/quickstart
@@ -31,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.warmup_epochs = 1.0
   c.optimizer.weight_decay = 5e-5
   c.optimizer.clipping = 0.04
+  c.optimizer.clip_eps = 0.1       # lets the zero-initialised SkipInit gains open (see above)
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200
   c.eval_every_steps = 200

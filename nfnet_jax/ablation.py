@@ -27,17 +27,19 @@ from typing import Callable, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from nfnet_jax import agc
 from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
+from nfnet_jax import extras
 from nfnet_jax import models
 from nfnet_jax import optim
 from nfnet_jax.train.state import init_state
 from nfnet_jax.train.step import make_train_step, pmap_train_step
+
+ml_collections = extras.require('ml_collections', 'the AGC ablation (nfnet_jax.ablation)')
 
 # A threshold no gradient reaches: with it a clip is the identity (float32 max).
 DISABLED = float(np.finfo(np.float32).max)
@@ -406,7 +408,7 @@ def _log2_axis(ax) -> None:
 
 def plot(summary: dict, path: str) -> None:
   """Three panels: top-1 vs batch size per clipping; top-1 vs AGC threshold; NF vs BN sensitivity."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib = extras.require('matplotlib', 'the ablation plot')
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 

@@ -18,10 +18,12 @@ import os
 import re
 from typing import Any, Callable, Iterator
 
-import ml_collections
 import numpy as np
 
 from nfnet_jax import data as data_lib
+from nfnet_jax import extras
+
+ml_collections = extras.require('ml_collections', 'evaluation sets (nfnet_jax.evals)')
 
 REAL = 'imagenet2012_real'
 REAL_HOW = (f'prepare tfds {REAL!r} (`tfds build {REAL} --manual_dir DIR_WITH_ILSVRC2012_img_val.tar '

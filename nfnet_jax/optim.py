@@ -17,11 +17,11 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from nfnet_jax import agc
+from nfnet_jax import extras
 from nfnet_jax import sam
 
 NAMES = ('sgd', 'adamw', 'lamb')
@@ -33,27 +33,32 @@ _NO_DECAY_NAMES = ('b', 'scale', 'offset')
 _NO_DECAY_SUBSTRINGS = ('gain', 'bias')
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """The paper's optimizer recipe (NFNet-F0 on ImageNet at batch 4096)."""
-  return ml_collections.ConfigDict(dict(
-      name='sgd',  # 'sgd' | 'adamw' | 'lamb'.
-      lr=0.1,  # Peak learning rate per 256 examples; scaled by global_batch_size / 256.
-      momentum=0.9,  # sgd only; 0 disables momentum.
-      nesterov=True,  # sgd only.
-      weight_decay=2e-5,  # Coupled (added to the gradient) for sgd, decoupled for adamw/lamb.
-      warmup_epochs=5.0,  # Linear warmup from 0, in (possibly fractional) epochs.
-      schedule='cosine',  # After warmup: 'cosine' to 0 at total_steps, or 'constant'.
-      clipping=0.01,  # AGC threshold (or the global norm); None disables clipping.
-      clip_mode='agc',  # 'agc' (unit-wise, Eq. 3), 'global_norm' (the paper's ablation) or 'none'.
-      clip_eps=1e-3,  # AGC's floor on parameter norms.
-      clip_exclude='final_weight',  # AGC skips: 'final_weight', 'head' (weight+bias) or 'none'.
-      report_clip_fraction=True,  # Keep the fraction of units AGC clipped in the state.
-      b1=0.9,  # adamw/lamb first-moment decay.
-      b2=0.999,  # adamw/lamb second-moment decay.
-      adam_eps=1e-8,  # adamw/lamb denominator epsilon.
-      sam_rho=0.0,  # SAM's ascent radius ρ (nfnet_jax.sam, applied by the train step); 0: no SAM.
-      sam_mode='device',  # SAM's ascent gradient: each device's micro-batch, or 'global'.
-  ))
+# The paper's optimizer recipe (NFNet-F0 on ImageNet at batch 4096).
+DEFAULTS = dict(
+    name='sgd',  # 'sgd' | 'adamw' | 'lamb'.
+    lr=0.1,  # Peak learning rate per 256 examples; scaled by global_batch_size / 256.
+    momentum=0.9,  # sgd only; 0 disables momentum.
+    nesterov=True,  # sgd only.
+    weight_decay=2e-5,  # Coupled (added to the gradient) for sgd, decoupled for adamw/lamb.
+    warmup_epochs=5.0,  # Linear warmup from 0, in (possibly fractional) epochs.
+    schedule='cosine',  # After warmup: 'cosine' to 0 at total_steps, or 'constant'.
+    clipping=0.01,  # AGC threshold (or the global norm); None disables clipping.
+    clip_mode='agc',  # 'agc' (unit-wise, Eq. 3), 'global_norm' (the paper's ablation) or 'none'.
+    clip_eps=1e-3,  # AGC's floor on parameter norms.
+    clip_exclude='final_weight',  # AGC skips: 'final_weight', 'head' (weight+bias) or 'none'.
+    report_clip_fraction=True,  # Keep the fraction of units AGC clipped in the state.
+    b1=0.9,  # adamw/lamb first-moment decay.
+    b2=0.999,  # adamw/lamb second-moment decay.
+    adam_eps=1e-8,  # adamw/lamb denominator epsilon.
+    sam_rho=0.0,  # SAM's ascent radius ρ (nfnet_jax.sam, applied by the train step); 0: no SAM.
+    sam_mode='device',  # SAM's ascent gradient: each device's micro-batch, or 'global'.
+)
+
+
+def get_config():
+  """`DEFAULTS` as an ml_collections.ConfigDict (the `train` extra); `create` also takes a dict."""
+  ml_collections = extras.require('ml_collections', 'optim.get_config')
+  return ml_collections.ConfigDict(DEFAULTS)
 
 
 def _bad(key: str, value: Any, need: str):
@@ -95,8 +100,8 @@ def _flag(cfg, key):
 
 def _validated(config) -> dict:
   """Returns config as a dict with defaults filled in; raises ValueError naming a bad key."""
-  defaults = get_config().to_dict()
-  items = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  defaults = DEFAULTS
+  items = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
   unknown = sorted(set(items) - set(defaults))
   if unknown:
     raise ValueError(f'optimizer config: unknown key(s) {unknown}; valid keys are '
@@ -269,7 +274,7 @@ def create(config, *, global_batch_size: int, total_steps: int,
   decoupled weight decay on the same parameters.
 
   Args:
-    config: an `ml_collections.ConfigDict` (or mapping) with keys of `get_config()`; missing keys
+    config: an `ml_collections.ConfigDict` or a dict with keys of `DEFAULTS`; missing keys
       take their defaults, unknown keys are an error.
     global_batch_size: examples per update over all devices.
     total_steps: updates in the whole run.

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfnet_jax import extras
 from nfnet_jax import models
 
 STAT_KEYS = ('avg_sq_mean', 'avg_var', 'res_avg_var')
@@ -165,7 +166,7 @@ def plot(records: Sequence[Mapping], path: str, *, title: Optional[str] = None,
 
   Stage transitions (of any of the models) are marked with dotted grey vertical lines.
   """
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib = extras.require('matplotlib', 'signal propagation plots')
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   if yscale not in ('linear', 'log'):

@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from nfnet_jax.agc import AdaptiveGradClipState, adaptive_grad_clip, default_axes, unitwise_norm
+from nfnet_jax.agc import (AdaptiveGradClipState, adaptive_grad_clip, default_axes, optax_axes,
+                           unitwise_norm)
 
 CLIP = 0.01
 EPS = 1e-3
@@ -82,8 +83,7 @@ class VariantsTest(chex.TestCase):
     params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
     grads = {k: jnp.asarray(rng.normal(size=s) * 0.02, jnp.float32) for k, s in shapes.items()}
     # optax treats 3-D leaves as multi-head linears (axis 0); ours as 1-D convs unless told.
-    axes = lambda path, p: (0,) if p.ndim == 3 else None
-    ours = self.variant(lambda g, p: agc_update(g, p, axes=axes)[0])(grads, params)
+    ours = self.variant(lambda g, p: agc_update(g, p, axes=optax_axes)[0])(grads, params)
     ref_tx = optax.adaptive_grad_clip(CLIP, EPS)
     theirs = self.variant(lambda g, p: ref_tx.update(g, ref_tx.init(p), p)[0])(grads, params)
     if self.variant.type == chex.ChexVariantType.WITHOUT_JIT:
@@ -247,3 +247,66 @@ def test_needs_params():
   tx = adaptive_grad_clip(CLIP)
   with pytest.raises(ValueError, match='params'):
     tx.update({'w': jnp.ones(3)}, tx.init(None))
+
+
+def _optax_tree(seed, shapes, scale):
+  rng = np.random.default_rng(seed)
+  is_shape = lambda s: isinstance(s, tuple)
+  params = jax.tree_util.tree_map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes,
+                                  is_leaf=is_shape)
+  # Mixed ratios so that some units clip and others do not.
+  grads = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(rng.normal(size=s) * scale * rng.choice([0.1, 10.0], size=s), jnp.float32),
+      shapes, is_leaf=is_shape)
+  return params, grads
+
+
+def _both(ours_tx, optax_tx, grads, params):
+  ours, _ = ours_tx.update(grads, ours_tx.init(params), params)
+  theirs, _ = optax_tx.update(grads, optax_tx.init(params), params)
+  return ours, theirs
+
+
+@pytest.mark.parametrize('args,kwargs', [
+    ((0.05,), {}),
+    ((0.05, 1e-2), {}),                       # eps positional
+    ((0.05,), {'eps': 0.5}),                  # a large floor clips the small params harder
+    ((0.05, 1e-3, 0), {}),                    # axis positional: one int for every leaf
+    ((0.05,), {'axis': (0, 1)}),              # a tuple for every leaf (not a pytree)
+    ((0.05,), {'axis': -1}),
+    ((0.05, 1e-3), {'axis': ()}),             # every element its own unit
+])
+def test_optax_style_calls_equal_optax(args, kwargs):
+  """The calls people write for optax.adaptive_grad_clip give its results, op by op bit for bit."""
+  shapes = {'lin': (5, 3), 'lin1': (1, 4), 'c2': (3, 3, 2, 4), 'c3': (2, 2, 2, 2, 3),
+            'nested': {'w': (6, 2), 'b': (4, 2)}}
+  if 'axis' not in kwargs and len(args) < 3:
+    shapes.update({'s': (), 'v': (7,)})  # optax's axis reduces every leaf: none may be smaller.
+  params, grads = _optax_tree(0, shapes, 0.02)
+  ours, theirs = _both(adaptive_grad_clip(*args, **kwargs), optax.adaptive_grad_clip(*args, **kwargs),
+                       grads, params)
+  chex.assert_trees_all_equal(ours, theirs)
+  assert any(not np.array_equal(o, g) for o, g in
+             zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(grads))), 'nothing clipped'
+
+
+def test_3d_default_units_differ_from_optax_and_optax_axes_reproduces_it():
+  params, grads = _optax_tree(1, {'conv1d': (3, 4, 5), 'mh': (4, 2, 3), 'flat': (1, 1, 6)}, 0.02)
+  ours, theirs = _both(adaptive_grad_clip(0.05), optax.adaptive_grad_clip(0.05), grads, params)
+  assert not np.array_equal(ours['conv1d'], theirs['conv1d'])  # (0, 1) against optax's (0,)
+  want, _ = np_agc(grads['conv1d'], params['conv1d'], (0, 1), clipping=0.05)
+  np.testing.assert_allclose(ours['conv1d'], want, rtol=2e-6)
+  ours, _ = _both(adaptive_grad_clip(0.05, axes=optax_axes), optax.adaptive_grad_clip(0.05), grads,
+                  params)
+  chex.assert_trees_all_equal(ours, theirs)
+
+
+def test_axis_errors_are_one_line_and_name_the_leaf():
+  with pytest.raises(ValueError, match='not both'):
+    adaptive_grad_clip(0.01, axis=0, axes=lambda path, p: None)
+  with pytest.raises(ValueError, match=r'axis must be None, an int or a tuple of ints'):
+    adaptive_grad_clip(0.01, 1e-3, {'w': 0})
+  tx = adaptive_grad_clip(0.01, axis=(0, 1))
+  params = {'conv': {'w': jnp.ones((3, 3, 2)), 'b': jnp.ones(2)}}
+  with pytest.raises(ValueError, match=r"param 'conv/b'.*axis 1 is out of range"):
+    tx.update(params, tx.init(params), params)

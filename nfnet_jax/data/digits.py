@@ -13,6 +13,7 @@ import functools
 
 import numpy as np
 
+from nfnet_jax import extras
 from nfnet_jax.data import layout as layout_lib
 from nfnet_jax.data import preprocessing
 from nfnet_jax.data.info import DatasetInfo
@@ -26,8 +27,7 @@ INFO = DatasetInfo(name="digits", num_classes=10, splits={"train": NUM_TRAIN, "v
 
 @functools.lru_cache(maxsize=None)
 def _raw():
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  digits = load_digits()
+  digits = extras.require("sklearn.datasets", "the digits dataset").load_digits()
   order = np.random.default_rng(0).permutation(len(digits.target))
   images = digits.images[order].astype(np.float32) * (255.0 / 16.0)
   labels = digits.target[order].astype(np.int32)

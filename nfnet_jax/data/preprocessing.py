@@ -1,8 +1,9 @@
 """Per-image preprocessing in TensorFlow ops: Inception crop, resize, flip, RandAugment, normalisation."""
 
-import tensorflow as tf
-
+from nfnet_jax import extras
 from nfnet_jax.data import randaugment as ra
+
+tf = extras.require("tensorflow", "the input pipelines (nfnet_jax.data)")
 
 # Keep TensorFlow off the accelerators: JAX owns them.
 try:

@@ -16,7 +16,9 @@ Contrast blends towards the mean grey level as PIL does.
 
 import math
 
-import tensorflow as tf
+from nfnet_jax import extras
+
+tf = extras.require("tensorflow", "RandAugment (nfnet_jax.data)")
 
 MAX_LEVEL = 10.0
 FILL = 128

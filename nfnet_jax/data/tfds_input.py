@@ -12,13 +12,15 @@ import os
 from typing import Iterator, Optional
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
+from nfnet_jax import extras
 from nfnet_jax.data import layout as layout_lib
 from nfnet_jax.data import preprocessing
 from nfnet_jax.data.info import BadDataError, DatasetInfo
 from nfnet_jax.data.mixing import AugmentSpec
+
+tf = extras.require("tensorflow", "tfds datasets (nfnet_jax.data)")
+tfds = extras.require("tensorflow_datasets", "tfds datasets (nfnet_jax.data)")
 
 ALIASES = {"imagenet": "imagenet2012"}
 AUTOTUNE = tf.data.AUTOTUNE

@@ -7,31 +7,49 @@ directory is removed the next time the manager opens WORKDIR.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
+from nfnet_jax import extras
 from nfnet_jax.train.state import TrainState
+
+ocp = extras.require('orbax.checkpoint', 'checkpoints (nfnet_jax.train)')
 
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+@contextlib.contextmanager
+def _without_read_only_notice():
+  """Drops orbax's "Given directory is read only" warning, which every read-only manager logs:
+  read-only is what evaluation and export ask for. Every other log record passes."""
+  notice = lambda record: not str(record.msg).startswith('Given directory is read only')
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(notice)
+
+
 class Checkpointer:
   """Saves and restores {state: TrainState, config: dict} every so often, keeping the last few."""
 
   def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
-    self._manager = ocp.CheckpointManager(
-        checkpoint_dir(workdir),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
-            create=not read_only, read_only=read_only,
-            cleanup_tmp_directories=not read_only, enable_async_checkpointing=False))
+    with _without_read_only_notice():
+      self._manager = ocp.CheckpointManager(
+          checkpoint_dir(workdir),
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+              create=not read_only, read_only=read_only,
+              cleanup_tmp_directories=not read_only, enable_async_checkpointing=False))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

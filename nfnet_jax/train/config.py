@@ -7,12 +7,14 @@ import math
 from typing import Any
 
 import jax
-import ml_collections
 
 from nfnet_jax import data as data_lib
 from nfnet_jax import evals as evals_lib
+from nfnet_jax import extras
 from nfnet_jax import models
 from nfnet_jax import optim
+
+ml_collections = extras.require('ml_collections', 'training configs (nfnet_jax.train)')
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -8,18 +8,20 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
 from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
+from nfnet_jax import extras
 from nfnet_jax.train import config as config_lib
 from nfnet_jax.train.build import build, initial_state_fn
 from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
 from nfnet_jax.train.progress import Progress
 from nfnet_jax.train.step import make_train_step, pmap_train_step
 from nfnet_jax.train.writers import MetricWriter
+
+ml_collections = extras.require('ml_collections', 'training (nfnet_jax.train)')
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -8,6 +8,8 @@ from typing import Mapping
 
 import numpy as np
 
+from nfnet_jax import extras
+
 
 class MetricWriter:
   """Writes scalars to TensorBoard and appends one JSON line per call to metrics.jsonl.
@@ -22,7 +24,7 @@ class MetricWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     self._jsonl_path = os.path.join(workdir, 'metrics.jsonl')
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = extras.require('tensorflow', 'TensorBoard metrics (nfnet_jax.train)')
     from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
     self._tf = tf
     # tf.summary.scalar needs the tensorboard package; tf.summary.write with the scalars plugin's
