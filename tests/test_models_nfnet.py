@@ -65,6 +65,7 @@ def test_registry_names_and_specs():
   expected = ([f"nfnet_f{i}" for i in range(8)] + [f"nfnet_f{i}plus" for i in range(8)]
               + [f"nf_regnet_b{i}" for i in range(9)]
               + [f"{f}{d}" for f in ("nf_resnet", "resnet") for d in (50, 101, 152, 200, 288, 600)]
+              + [f"{f}{d}" for f in ("skipinit_resnet", "fixup_resnet") for d in (50, 101, 152, 200, 288, 600)]
               + ["nfnet_l0"] + [f"eca_nfnet_l{i}" for i in range(4)])
   assert sorted(names) == sorted(expected)
   f0, f7, b0 = (models.get_spec(n) for n in ("nfnet_f0", "nfnet_f7plus", "nf_regnet_b0"))
