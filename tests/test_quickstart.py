@@ -38,7 +38,10 @@ def test_quickstart_lands_above_95_percent_with_a_quiet_console(tmp_path):
   workdir = tmp_path / 'quickstart'
   train = _run('scripts/train.py', workdir)
   assert 'step 690/690' in train.stdout + train.stderr
-  result = json.loads(_run('scripts/evaluate.py', workdir).stdout)
-  assert result['step'] == 690 and result['params']['num_examples'] == 300
-  assert result['params']['top1'] >= 0.95, result
-  assert result['ema_params']['top1'] >= 0.95, result
+  evaluate = _run('scripts/evaluate.py', workdir)
+  assert '| val | digits validation |' in evaluate.stdout
+  result = json.loads((workdir / 'eval.json').read_text())
+  val = result['evals']['val']
+  assert result['step'] == 690 and val['params']['num_examples'] == 300
+  assert val['params']['top1'] >= 0.95, result
+  assert val['ema_params']['top1'] >= 0.95, result
