@@ -11,7 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nfnet_jax import train
-from nfnet_jax.train import distributed
+from nfnet_jax.train import distributed, lock
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/nfnet.py:F0.',
                                 lock_config=True)
@@ -28,7 +28,7 @@ def main(argv):
   distributed.initialize_from_flags()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except train.ConfigError as e:
+  except (train.ConfigError, lock.WorkdirLockedError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except train.NonFiniteLossError as e:

@@ -16,6 +16,7 @@ from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
 from nfnet_jax.train import config as config_lib
 from nfnet_jax.train.build import build, initial_state_fn
+from nfnet_jax.train import lock as lock_lib
 from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
 from nfnet_jax.train.progress import Progress
 from nfnet_jax.train.step import make_train_step, pmap_train_step
@@ -49,8 +50,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   NonFiniteLossError naming the step when the loss becomes NaN or Inf.
   """
   run = config_lib.validate(config)
-  c = config
   is_main = jax.process_index() == 0
+  with lock_lib.hold(workdir, log=lambda m: _log(is_main, m)):
+    return _train(run, workdir, is_main)
+
+
+def _train(run: config_lib.Run, workdir: str, is_main: bool) -> dict:
+  c = run.config
   model, optimizer, schedule = build(run)
   init_fn = initial_state_fn(run, model, optimizer)
   rng = jax.random.PRNGKey(c.seed)
