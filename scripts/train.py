@@ -16,6 +16,10 @@ from nfnet_jax.train import distributed, lock
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/nfnet.py:F0.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard logs.')
+flags.DEFINE_integer('resume_step', None, 'Resume from this kept checkpoint instead of the latest; '
+                     'the later ones are moved to WORKDIR/set_aside/ (nothing is deleted).')
+flags.DEFINE_bool('allow_config_change', False, 'Resume although settings such as batch_size, the '
+                  'schedule or optimizer.lr changed (logged); model/optimizer/shape changes are refused.')
 distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
@@ -27,7 +31,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   distributed.initialize_from_flags()
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume_step=FLAGS.resume_step,
+                             allow_config_change=FLAGS.allow_config_change)
   except (train.ConfigError, lock.WorkdirLockedError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  c.keep_every_steps = ml_collections.FieldReference(None, field_type=int)  # also keep every Nth step
   c.eval_every_steps = 10000            # and at the end; 0: never during training
   c.seed = 0
   return c
@@ -146,6 +147,11 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   for key in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     _check(isinstance(config[key], int) and config[key] >= 1,
            f'config.{key}={config[key]!r} must be an integer >= 1.')
+  if config.keep_every_steps is not None:
+    _check(isinstance(config.keep_every_steps, int) and config.keep_every_steps >= 1
+           and config.keep_every_steps % config.checkpoint_every_steps == 0,
+           f'config.keep_every_steps={config.keep_every_steps!r} must be a positive multiple of '
+           f'config.checkpoint_every_steps={config.checkpoint_every_steps} (or None).')
   _check(isinstance(config.eval_every_steps, int) and config.eval_every_steps >= 0,
          f'config.eval_every_steps={config.eval_every_steps!r} must be an integer >= 0 '
          '(0: no evaluation during training).')
@@ -174,3 +180,43 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
              eval_image_size=eval_image_size, eval_split=eval_split,
              eval_batch_size=eval_batch_size, per_device_batch=b // (device_count * a),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+
+# Keys whose change makes a saved state unusable (its structure or meaning changes).
+STRUCTURAL_KEYS = ('model', 'model_kwargs', 'dataset', 'image_size', 'bf16', 'optimizer.name')
+# Keys that only say how often to log, save or evaluate, or where data lives: free to change.
+FREE_KEYS = ('data_dir', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+             'keep_every_steps', 'eval_every_steps', 'eval_image_size', 'eval_split',
+             'eval_batch_size', 'eval_preprocess')
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value and f'{prefix}{key}' not in STRUCTURAL_KEYS:
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def resume_changes(saved: dict, new: dict, *, allow: bool, workdir: str) -> list[str]:
+  """Compares a workdir's saved config (JSON) with the new one; returns the changes to log.
+
+  A change of STRUCTURAL_KEYS is refused; any other change outside FREE_KEYS (batch size,
+  schedule, optimizer settings, augmentation, ...) needs `allow` (--allow_config_change).
+  """
+  old, now = _flatten(saved), _flatten(new)
+  def free(k):
+    return any(k == f or k.startswith(f + '.') for f in FREE_KEYS)
+  diffs = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k) and not free(k)]
+  describe = [f'{k}: {old.get(k)!r} -> {now.get(k)!r}' for k in diffs]
+  structural = [d for k, d in zip(diffs, describe) if k in STRUCTURAL_KEYS]
+  if structural:
+    raise ConfigError(f'{workdir} holds a run with a different model/optimizer/shape ('
+                      f'{"; ".join(structural)}); its checkpoints cannot be resumed with this config. '
+                      'Use another --workdir or the saved settings.')
+  if describe and not allow:
+    raise ConfigError(f'resuming {workdir} with changed settings ({"; ".join(describe)}); pass '
+                      '--allow_config_change to resume with them deliberately, or use the saved ones.')
+  return describe
