@@ -9,12 +9,11 @@ EMA params, at the config's eval_image_size (default: the variant's test size).
 """
 
 import json
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nfnet_jax import evaluate
+from nfnet_jax import cli, evaluate
 from nfnet_jax.train import distributed
 
 config_flags.DEFINE_config_file('config', None, 'Config file the model was trained with.',
@@ -33,14 +32,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   distributed.initialize_from_flags()
-  try:
-    result = evaluate.evaluate_run(FLAGS.config, workdir=FLAGS.workdir, pretrained=FLAGS.pretrained,
-                                   split=FLAGS.split, out=FLAGS.out)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  result = evaluate.evaluate_run(FLAGS.config, workdir=FLAGS.workdir, pretrained=FLAGS.pretrained,
+                                 split=FLAGS.split, out=FLAGS.out)
   print(json.dumps(result, indent=2, sort_keys=True))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

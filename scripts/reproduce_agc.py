@@ -11,7 +11,7 @@ of `nfnet_jax.ablation.get_config()`; --dataset takes any prepared tfds dataset.
 import argparse
 import sys
 
-from nfnet_jax import ablation
+from nfnet_jax import ablation, cli
 
 
 def _ints(text):
@@ -40,6 +40,7 @@ def main(argv=None):
   p.add_argument('--sensitivity-batch-sizes', type=_ints, default=d.sensitivity_batch_sizes,
                  help='comma-separated batch sizes of the NF vs BN comparison')
   p.add_argument('--seed', type=int, default=d.seed)
+  p.add_argument('--verbose', action='store_true', help=cli.VERBOSE_HELP)
   args = p.parse_args(argv)
   c = ablation.get_config()
   c.update(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
@@ -51,7 +52,7 @@ def main(argv=None):
     ablation.check_config(c)
   except ValueError as e:
     p.error(str(e))
-  ablation.run_sweep(c, args.out)
+  return cli.guard(lambda: ablation.run_sweep(c, args.out), argv)
 
 
 if __name__ == '__main__':

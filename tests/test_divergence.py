@@ -31,7 +31,7 @@ def test_diverged_run_lists_kept_checkpoints_and_resume_step_recovers_with_a_low
   shutil.copytree(sane, workdir)
   bad = dict(RUN, total_steps=2 * STEPS, **{'optimizer.lr': 1e12})
   proc = ts.launch(workdir, tmp_path / 'bad.txt', extra_args=['--allow_config_change'], **bad)
-  assert proc.wait(timeout=600) == 1
+  assert proc.wait(timeout=900) == 1
   log = (tmp_path / 'bad.txt').read_text()
   assert 'Traceback' not in log
   (line,) = [l for l in log.splitlines() if l.startswith('error:')]

@@ -89,7 +89,7 @@ def assert_same_params(a, b, rtol=1e-5, atol=1e-6):
                                err_msg=jax.tree_util.keystr(path))
 
 
-def run_to_end(workdir, log, *, timeout=600, **kwargs):
+def run_to_end(workdir, log, *, timeout=900, **kwargs):
   proc = launch(workdir, log, **kwargs)
   assert proc.wait(timeout=timeout) == 0, pathlib.Path(log).read_text()
   return pathlib.Path(log).read_text()

@@ -45,6 +45,11 @@ class Checkpointer:
             max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
             keep_period=keep_period, create=not read_only, read_only=read_only,
             cleanup_tmp_directories=not read_only, enable_async_checkpointing=False))
+    if not read_only:  # a folder that cannot be written fails now, not at the first save
+      probe = os.path.join(checkpoint_dir(workdir), '.write_test')
+      with open(probe, 'w'):
+        pass
+      os.remove(probe)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -198,6 +203,7 @@ class TerminationFlag:
 def export(workdir: str, out: str, *, ema: bool = False, step: int | None = None) -> int:
   """Writes a run's params (or EMA params) as a flat npz for `nfnet_jax.pretrained.load`; returns the step."""
   from nfnet_jax import pretrained  # pylint: disable=import-outside-toplevel
+  pretrained.check_writable(out)   # before reading anything
   checkpointer = Checkpointer(workdir, read_only=True)
   try:
     if checkpointer.latest_step() is None:

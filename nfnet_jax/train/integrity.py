@@ -9,7 +9,7 @@ moved aside into WORKDIR/set_aside/, never deleted.
 from __future__ import annotations
 
 import datetime
-import errno as errno_lib
+import logging
 import os
 import re
 import shutil
@@ -144,14 +144,26 @@ def set_aside(step_dir: str, workdir: str, why: str, tag: str) -> str:
   return dest
 
 
+class _DropOrbaxThreadErrors(logging.Filter):
+  """Drops orbax's logged tracebacks of a failed background write; the failure is raised anyway."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = str(record.msg)
+    return not (('orbax' in record.pathname and 'raised an exception' in message)
+                or (message.startswith('Future exception was never retrieved') and 'OCDBT' in message))
+
+
 def quiet_closed_event_loop() -> None:
-  """Drops the 'Event loop is closed' errors tensorstore's callbacks raise after orbax has failed.
+  """Drops the noise around a failed orbax read or write, which Checkpointer reports as one line.
 
   Once one read or write of a checkpoint fails, orbax closes its asyncio loop while tensorstore still
   completes the other operations; each completion reports the closed loop as an unraisable
-  exception (dozens of tracebacks that bury the real error). Every other unraisable error is
-  reported as before.
+  exception (dozens of tracebacks that bury the real error), and orbax logs each failed thread's
+  traceback. Every other unraisable error and log record is reported as before.
   """
+  for logger in (logging.getLogger('absl'), logging.getLogger('asyncio')):
+    if not any(isinstance(f, _DropOrbaxThreadErrors) for f in logger.filters):
+      logger.addFilter(_DropOrbaxThreadErrors())
   previous = sys.unraisablehook
   if getattr(previous, '_drops_closed_loop', False):
     return
@@ -164,11 +176,6 @@ def quiet_closed_event_loop() -> None:
 
   hook._drops_closed_loop = True  # pylint: disable=protected-access
   sys.unraisablehook = hook
-
-
-def is_disk_full(exc: BaseException) -> bool:
-  err = os_error(exc)
-  return err is not None and err.errno in (errno_lib.ENOSPC, errno_lib.EDQUOT)
 
 
 def restore_intact(restore_one, steps: list[int], *, directory: str, set_aside_fn=None,
