@@ -49,10 +49,10 @@ def describe(exc: BaseException) -> tuple[str, int, bool]:
   from nfnet_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   if isinstance(exc, (config_lib.ConfigError, ValueError, FileNotFoundError, KeyError)):
     return str(exc).strip("'\""), 2, False
+  if 'Unpickl' in type(exc).__name__:
+    return str(exc), 2, False
   if isinstance(exc, (RuntimeError, FloatingPointError)) or type(exc).__module__.startswith('nfnet_jax'):
     return str(exc), 1, False
-  if isinstance(exc, Exception) and 'Unpickl' in type(exc).__name__:
-    return str(exc), 2, False
   first = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
   return f'{type(exc).__name__}: {first}'[:500], 1, True
 

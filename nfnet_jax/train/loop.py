@@ -127,7 +127,7 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
   p_eval_step = eval_lib.make_eval_step(model, bf16=c.bf16)
   state = eval_lib.replicate(state)
 
-  writer = MetricWriter(workdir, enabled=is_main)
+  writer = MetricWriter(workdir, enabled=is_main, start_step=step)
   progress = Progress(run.total_steps, c.batch_size, enabled=is_main)
 
   def evaluate_now(params, model_state):
