@@ -10,6 +10,7 @@ import jax
 import ml_collections
 
 from nfnet_jax import data as data_lib
+from nfnet_jax import evals as evals_lib
 from nfnet_jax import models
 from nfnet_jax import optim
 
@@ -30,6 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_preprocess = 'resize_crop_32'
   c.eval_split = ml_collections.FieldReference(None, field_type=str)    # None: the dataset's
   c.eval_batch_size = ml_collections.FieldReference(None, field_type=int)  # None: batch_size
+  # Named eval sets (nfnet_jax.evals.eval_set); the eval_* keys above are their defaults.
+  c.evals = ml_collections.ConfigDict({'val': evals_lib.eval_set()})
   c.augment = 'cutmix_mixup_randaugment_405'
   c.label_smoothing = 0.1
   c.bf16 = True
@@ -67,6 +70,7 @@ def resnet_recipe_config(family: str, depth: str | int, **model_kwargs) -> ml_co
   c.optimizer.weight_decay = 5e-5
   c.optimizer.clipping = None
   c.eval_every_steps = 5000
+  c.evals = evals_lib.imagenet_evals()
   return c
 
 
@@ -134,11 +138,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   for key in ('image_size', 'eval_image_size', 'eval_batch_size', 'total_steps'):
     _int_setting(config, key, optional=True)
   b, a = config.batch_size, config.grad_accum_steps
+  # Any size: eval batches are padded per device.
   eval_batch_size = config.eval_batch_size if config.eval_batch_size is not None else b
-  _check((config.eval_batch_size is None and for_training)  # then batch_size is checked below
-         or eval_batch_size % device_count == 0,
-         f'config.eval_batch_size={eval_batch_size} must be divisible by the {device_count} devices'
-         + ('' if config.eval_batch_size is not None else ' (it defaults to batch_size; set it)') + '.')
   image_size = config.image_size if config.image_size is not None else spec.train_image_size
   eval_image_size = (config.eval_image_size if config.eval_image_size is not None
                      else spec.test_image_size)

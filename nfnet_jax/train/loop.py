@@ -59,7 +59,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        resume_step: int | None = None, allow_config_change: bool = False) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final metrics.
 
-  Returns {'step', 'train': {...}, 'eval': {...}, 'eval_ema': {...}, 'preempted': bool}. Raises
+  Returns {'step', 'train': {...}, 'eval': {NAME: {'params': {...}, 'ema_params': {...}}} for each
+  eval set of config.evals, 'preempted': bool}. Raises
   config_lib.ConfigError before compiling anything when the config cannot run, and
   NonFiniteLossError naming the step when the loss becomes NaN or Inf. With `resume_step`, the
   run resumes from that kept checkpoint and the later ones are moved to WORKDIR/set_aside/.
@@ -112,6 +113,7 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
     raise config_lib.ConfigError(
         f'config.dataset={c.dataset!r} with config.augment={c.augment!r}: {e}') from None
   batches = itertools.chain([first_batch], batches)
+  eval_sets = eval_lib.resolve_eval_sets(run) if c.eval_every_steps > 0 else []
 
   step = int(state.step)
   num_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.params))
@@ -122,7 +124,8 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
 
   train_step = make_train_step(
       model, optimizer, schedule=schedule, num_classes=run.info.num_classes,
-      label_smoothing=c.label_smoothing, bf16=c.bf16, ema_decay=c.ema_decay, augment=c.augment)
+      label_smoothing=c.label_smoothing, bf16=c.bf16, ema_decay=c.ema_decay, augment=c.augment,
+      sam_rho=c.optimizer.sam_rho, sam_mode=c.optimizer.sam_mode)
   p_train_step = pmap_train_step(train_step)
   p_eval_step = eval_lib.make_eval_step(model, bf16=c.bf16)
   state = eval_lib.replicate(state)
@@ -130,19 +133,13 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
   writer = MetricWriter(workdir, enabled=is_main, start_step=step)
   progress = Progress(run.total_steps, c.batch_size, enabled=is_main)
 
-  def evaluate_now(params, model_state):
-    eval_batches = data_lib.eval_iterator(
-        c.dataset, data_dir=c.data_dir, split=run.eval_split, global_batch_size=run.eval_batch_size,
-        image_size=run.eval_image_size, preprocess=c.eval_preprocess)
-    return eval_lib.evaluate(p_eval_step, params, model_state, eval_batches)
-
   def save(state):
     try:
       checkpointer.save(_first_device(state), config_json(c), train_loss=last_loss[0])
     except NonFiniteParamsError as e:
       raise NonFiniteLossError(_divergence_message(str(e), workdir, checkpointer)) from None
 
-  result = {'step': step, 'train': {}, 'eval': {}, 'eval_ema': {}, 'preempted': False}
+  result = {'step': step, 'train': {}, 'eval': {}, 'preempted': False}
   pending = []           # (step, device metrics) not yet checked for NaN/Inf
   last_loss = [None]     # the training loss of the latest checked step
   window = []            # host metrics since the last log line
@@ -182,14 +179,13 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
           window.clear()
         if save_now:
           save(state)
-        if eval_now:
-          for name, params, model_state in (('eval', state.params, state.model_state),
-                                            ('eval_ema', state.ema_params, state.ema_model_state)):
-            result[name] = evaluate_now(params, model_state)
-            writer.write(step, result[name], prefix=f'{name}/')
-          _log(is_main, f'step {step}: eval top1 {result["eval"]["top1"]:.4f} '
-               f'(EMA {result["eval_ema"]["top1"]:.4f}) on {result["eval"]["num_examples"]} '
-               f'{run.eval_split} examples')
+        if eval_now and eval_sets:
+          result['eval'] = eval_lib.evaluate_sets(p_eval_step, eval_sets, {
+              'params': (state.params, state.model_state),
+              'ema_params': (state.ema_params, state.ema_model_state)})
+          writer.write(step, eval_lib.metrics_to_log(result['eval']), prefix='eval/')
+          for line in eval_lib.summary_lines(result['eval'], eval_sets):
+            _log(is_main, f'step {step}: {line}')
         if stop:
           _log(is_main, f'SIGTERM: saved the checkpoint at step {step} in {workdir}; exiting. '
                'Run the same command again to resume.')
