@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import errno
 import os
+import pickle
 import sys
 import tempfile
 import traceback
@@ -49,7 +50,7 @@ def describe(exc: BaseException) -> tuple[str, int, bool]:
   from nfnet_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   if isinstance(exc, (config_lib.ConfigError, ValueError, FileNotFoundError, KeyError)):
     return str(exc).strip("'\""), 2, False
-  if 'Unpickl' in type(exc).__name__:
+  if isinstance(exc, pickle.UnpicklingError):   # e.g. pretrained.UnsafePickleError
     return str(exc), 2, False
   if isinstance(exc, (RuntimeError, FloatingPointError)) or type(exc).__module__.startswith('nfnet_jax'):
     return str(exc), 1, False
