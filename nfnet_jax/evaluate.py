@@ -303,6 +303,8 @@ def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None =
     params = pretrained_lib.load(pretrained, like=abstract.params)
     candidates = {'params': (jax.tree.map(np.asarray, params), {})}
     step = None
+  for name, (params, _) in candidates.items():
+    check_finite_params(params, f'{workdir or pretrained} ({name})')
   candidates = {k: (replicate(p), replicate(s)) for k, (p, s) in candidates.items()}
   if image_sizes:
     eval_sets = [dataclasses.replace(s, name=f'{s.name}@{size}', image_size=size)
@@ -353,12 +355,22 @@ def imagenet_class_names() -> list[str]:
   return [f'{s} {n}' for s, n in zip(synsets, siscore_labels.IMAGENET_LABELS_LIST)]
 
 
+def check_finite_params(params: Any, source: str) -> None:
+  """Raises ValueError if `params` hold NaN/Inf: their predictions would be meaningless."""
+  from nfnet_jax.train import integrity  # pylint: disable=import-outside-toplevel
+  bad = integrity.nonfinite(params)
+  if bad:
+    raise ValueError(f'{source}: {len(bad)} of {len(jax.tree.leaves(params))} param arrays hold NaN '
+                     f'or Inf (e.g. {bad[0]}); these weights cannot be evaluated. Use an earlier '
+                     'checkpoint (--step) or another params file.')
+
+
 def load_classifier(*, workdir: str | None = None, pretrained: str | None = None,
-                    model: str | None = None, ema: bool = True):
+                    model: str | None = None, ema: bool = True, image_size: int | None = None):
   """(model name, hk model, params, model_state, config-like dict) from a run or a params file.
 
   A run's checkpoint knows its model, kwargs and dataset; a params file needs `model` (an
-  ImageNet-1k variant such as 'nfnet_f0').
+  ImageNet-1k variant such as 'nfnet_f0'). `image_size`, if given, is checked against the model.
   """
   from nfnet_jax import models  # pylint: disable=import-outside-toplevel
   from nfnet_jax import pretrained as pretrained_lib  # pylint: disable=import-outside-toplevel
@@ -387,22 +399,56 @@ def load_classifier(*, workdir: str | None = None, pretrained: str | None = None
     params = pretrained_lib.load(pretrained, like=model)
     model_state, names = {}, imagenet_class_names()
     size = models.get_spec(model).test_image_size
+  minimum = models.get_spec(name).min_image_size
+  if image_size is not None and image_size < minimum:
+    raise ValueError(f'--image_size={image_size} is too small for {name}: it needs at least {minimum} pixels.')
+  check_finite_params(params, workdir or pretrained)
   return name, net, params, model_state, names, size
 
 
-def classify_files(paths: Iterable[str], net, params, model_state, *, class_names: list[str],
-                   image_size: int, top_k: int = 5) -> list[list[tuple[str, float]]]:
-  """Top-k (class name, probability) for each image file, preprocessed as for evaluation."""
+_IMAGE_MAGIC = ((b'\xff\xd8\xff', 'JPEG'), (b'\x89PNG', 'PNG'), (b'GIF8', 'GIF'), (b'BM', 'BMP'),
+                (b'II*\x00', 'TIFF'), (b'MM\x00*', 'TIFF'), (b'RIFF', 'WEBP'))
+DECODABLE = ('JPEG', 'PNG', 'GIF', 'BMP')   # what tf.io.decode_image (the evaluation decoder) reads
+
+
+def _load_image(path: str, image_size: int):
+  """The evaluation view of one image file; raises ValueError saying why it cannot be read."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from nfnet_jax.data import preprocessing  # pylint: disable=import-outside-toplevel
-  images = []
-  for path in paths:
-    encoded = tf.io.read_file(path)
-    image = preprocessing.eval_image(encoded, image_size, 'resize_crop_32',
-                                     is_jpeg=bool(tf.io.is_jpeg(encoded)))
-    images.append(preprocessing.normalize(image[None])[0].numpy())
-  outputs, _ = jax.jit(lambda p, s, x: net.apply(p, s, None, x, is_training=False))(
-      params, model_state, np.stack(images))
-  probs = np.asarray(jax.nn.softmax(outputs['logits'].astype(jnp.float32)))
-  k = min(top_k, probs.shape[-1])
-  return [[(class_names[i], float(p[i])) for i in np.argsort(-p)[:k]] for p in probs]
+  with open(path, 'rb') as f:
+    data = f.read()
+  kind = next((k for magic, k in _IMAGE_MAGIC if data.startswith(magic)), None)
+  if kind not in DECODABLE:
+    raise ValueError(f'unsupported image format {kind or "(unknown, first bytes " + repr(data[:4]) + ")"}; '
+                     f'convert it to one of {", ".join(DECODABLE)}.')
+  try:
+    image = preprocessing.eval_image(tf.constant(data), image_size, 'resize_crop_32',
+                                     is_jpeg=kind == 'JPEG')
+    return preprocessing.normalize(image[None])[0].numpy()
+  except tf.errors.OpError as e:
+    raise ValueError(f'cannot decode this {kind} file ({e.message.splitlines()[0][:200]}).') from None
+
+
+def classify_files(paths: Iterable[str], net, params, model_state, *, class_names: list[str],
+                   image_size: int, top_k: int = 5) -> list[tuple[list[tuple[str, float]] | None, str | None]]:
+  """(top-k (class name, probability), None) per image file, or (None, why it failed).
+
+  Images are preprocessed as for evaluation; a file that cannot be read or decoded is reported
+  and the others are still classified.
+  """
+  paths = list(paths)
+  images, errors = {}, {}
+  for i, path in enumerate(paths):
+    try:
+      images[i] = _load_image(path, image_size)
+    except (OSError, ValueError) as e:
+      errors[i] = f'{e.strerror}' if isinstance(e, OSError) and e.strerror else str(e)
+  tops = {}
+  if images:
+    apply = jax.jit(lambda p, s, x: net.apply(p, s, None, x, is_training=False))
+    outputs, _ = apply(params, model_state, np.stack(list(images.values())))
+    probs = np.asarray(jax.nn.softmax(outputs['logits'].astype(jnp.float32)))
+    k = min(top_k, probs.shape[-1])
+    for i, p in zip(images, probs):
+      tops[i] = [(class_names[j], float(p[j])) for j in np.argsort(-p)[:k]]
+  return [(tops.get(i), errors.get(i)) for i in range(len(paths))]

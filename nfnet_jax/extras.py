@@ -3,7 +3,7 @@
 `pip install nfnet-jax` installs what the models, AGC, the optimizer, `pretrained` and `flops` need
 (jax, Haiku, optax, numpy). The input pipelines need the `data` extra (TensorFlow,
 tensorflow-datasets, scikit-learn), training and evaluation the `train` extra (orbax, ml-collections,
-matplotlib and `data`). Modules that need one import it with `require`, so a missing package says
+matplotlib, xxhash and `data`). Modules that need one import it with `require`, so a missing package says
 which extra to install.
 """
 
@@ -21,6 +21,7 @@ EXTRA_OF = {
     'orbax': 'train',
     'ml_collections': 'train',
     'matplotlib': 'train',
+    'xxhash': 'train',
 }
 
 

@@ -9,10 +9,13 @@ anything else in the file is refused before it can run. Flat ``.npz`` files keye
 """
 
 import codecs
+import errno
 import io
 import os
 import pickle
 import tempfile
+import warnings
+import zipfile
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
@@ -122,8 +125,13 @@ def _read(path: Union[str, os.PathLike]) -> Params:
     data = f.read()
   source = os.fspath(path)
   if data.startswith(_ZIP_MAGIC):
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-      return _validate(_to_nested({k: npz[k] for k in npz.files}, source), source)
+    try:
+      with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        flat = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+      raise ValueError(f"{source}: not a readable .npz file ({type(e).__name__}: {e}); it is truncated or "
+                       "damaged: download or export it again.") from None
+    return _validate(_to_nested(flat, source), source)
   if data.startswith(_PICKLE_MAGIC):
     try:
       tree = _RestrictedUnpickler(io.BytesIO(data)).load()
@@ -185,7 +193,8 @@ def load(path: Union[str, os.PathLike], like: Optional[Union[str, Mapping]] = No
       ``nfnet_f0``), which needs ``like``.
     like: optional model name (e.g. ``'nfnet_f0'``) or params tree; if given, the file must match it exactly
       (same module paths, names and shapes) or IncompatibleParamsError (timm files:
-      ``timm_interop.IncompatibleStateDictError``) lists every difference.
+      ``timm_interop.IncompatibleStateDictError``) lists every difference; params of another dtype (e.g.
+      float16) are cast to the model's with a warning saying so.
   """
   if timm_interop.is_timm_file(path):
     if like is None:
@@ -194,8 +203,26 @@ def load(path: Union[str, os.PathLike], like: Optional[Union[str, Mapping]] = No
     return timm_interop.from_timm(path, like)
   params = _read(path)
   if like is not None:
-    check_compatible(params, _expected_tree(like), what=f"parameters in {os.fspath(path)}")
+    expected = _expected_tree(like)
+    check_compatible(params, expected, what=f"parameters in {os.fspath(path)}")
+    cast = sorted(f"{m}/{n}" for m, d in params.items() for n, v in d.items()
+                  if np.dtype(v.dtype) != np.dtype(expected[m][n].dtype))
+    if cast:
+      dtypes = sorted({str(params[k.rpartition("/")[0]][k.rpartition("/")[2]].dtype) for k in cast})
+      warnings.warn(f"{os.fspath(path)}: {len(cast)} params are {'/'.join(dtypes)}, not the model's dtype; "
+                    "they are cast to it, which cannot restore precision the file lost.", stacklevel=2)
+      params = {m: {n: np.asarray(v, expected[m][n].dtype) for n, v in d.items()} for m, d in params.items()}
   return params
+
+
+def check_writable(path: Union[str, os.PathLike]) -> None:
+  """Raises IsADirectoryError / FileNotFoundError (with the path) if `path` cannot be a file written by save."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(errno.ENOENT, "No such directory (create it first)", directory)
 
 
 def save(path: Union[str, os.PathLike], params: Mapping[str, Mapping[str, Any]]) -> None:
@@ -207,11 +234,15 @@ def save(path: Union[str, os.PathLike], params: Mapping[str, Mapping[str, Any]])
         raise ValueError(f"param name {name!r} in {module!r} contains '/', so it could not be read back.")
       flat[f"{module}/{name}"] = np.asarray(value)
   path = os.fspath(path)
+  check_writable(path)
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **flat)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file gets the usual mode
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from nfnet_jax import benchmark
+from nfnet_jax import benchmark, cli
 
 flags.DEFINE_list('what', ['train'], f'Measurements to run, any of {list(benchmark.SUITES)}.')
 flags.DEFINE_list('models', ['nfnet_f0'], 'Registered model names.')
@@ -67,4 +67,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

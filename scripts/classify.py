@@ -8,7 +8,7 @@ import sys
 
 from absl import app, flags, logging
 
-from nfnet_jax import evaluate
+from nfnet_jax import cli, evaluate
 
 flags.DEFINE_string('workdir', None, 'A training run (its latest checkpoint).')
 flags.DEFINE_string('pretrained', None, 'A params file: DeepMind release or exported npz.')
@@ -24,19 +24,26 @@ def main(argv):
   paths = argv[1:]
   if not paths:
     raise app.UsageError('give one or more image files.')
-  try:
-    _, net, params, model_state, names, size = evaluate.load_classifier(
-        workdir=FLAGS.workdir, pretrained=FLAGS.pretrained, model=FLAGS.model, ema=FLAGS.ema)
-    results = evaluate.classify_files(paths, net, params, model_state, class_names=names,
-                                      image_size=FLAGS.image_size or size, top_k=FLAGS.top_k)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  for path, top in zip(paths, results):
+  if FLAGS.top_k < 1:
+    raise app.UsageError(f'--top_k={FLAGS.top_k} must be >= 1.')
+  _, net, params, model_state, names, size = evaluate.load_classifier(
+      workdir=FLAGS.workdir, pretrained=FLAGS.pretrained, model=FLAGS.model, ema=FLAGS.ema,
+      image_size=FLAGS.image_size)
+  results = evaluate.classify_files(paths, net, params, model_state, class_names=names,
+                                    image_size=FLAGS.image_size or size, top_k=FLAGS.top_k)
+  failed = 0
+  for path, (top, error) in zip(paths, results):
+    if error is not None:
+      print(f'error: {path}: {error}', file=sys.stderr)
+      failed += 1
+      continue
     print(path)
     for name, prob in top:
       print(f'  {prob:7.2%}  {name}')
+  if failed:
+    print(f'error: {failed} of {len(paths)} images could not be classified (see above).', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nfnet_jax import evaluate
+from nfnet_jax import cli, evaluate
 from nfnet_jax.train import distributed
 
 config_flags.DEFINE_config_file('config', None, 'Config file the model was trained with.',
@@ -43,13 +43,9 @@ def main(argv):
     print(f'error: --image_sizes={",".join(FLAGS.image_sizes)} must be integers, e.g. 224,256,288.',
           file=sys.stderr)
     sys.exit(2)
-  try:
-    result = evaluate.evaluate_run(FLAGS.config, workdir=FLAGS.workdir, pretrained=FLAGS.pretrained,
-                                   evals=FLAGS.evals, image_sizes=sizes, predictions=FLAGS.predictions,
-                                   out=FLAGS.out)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  result = evaluate.evaluate_run(FLAGS.config, workdir=FLAGS.workdir, pretrained=FLAGS.pretrained,
+                                 evals=FLAGS.evals, image_sizes=sizes, predictions=FLAGS.predictions,
+                                 out=FLAGS.out)
   if jax.process_index() == 0:
     print(evaluate.results_table(result))
     if 'sweep' in result:
@@ -57,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -3,10 +3,9 @@
   python scripts/export.py --workdir=runs/quickstart --out=quickstart.npz [--ema]
 """
 
-import sys
-
 from absl import app, flags, logging
 
+from nfnet_jax import cli
 from nfnet_jax.train import checkpoints
 
 flags.DEFINE_string('workdir', None, 'Training run whose latest checkpoint to export.')
@@ -21,13 +20,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  try:
-    step = checkpoints.export(FLAGS.workdir, FLAGS.out, ema=FLAGS.ema, step=FLAGS.step)
-  except FileNotFoundError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  step = checkpoints.export(FLAGS.workdir, FLAGS.out, ema=FLAGS.ema, step=FLAGS.step)
   print(f"wrote the {'EMA ' if FLAGS.ema else ''}params of step {step} to {FLAGS.out}")
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

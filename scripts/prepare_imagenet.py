@@ -9,6 +9,7 @@ Then train/evaluate with --data_dir pointing at the same --data_dir. Re-running 
 import argparse
 import sys
 
+from nfnet_jax import cli
 from nfnet_jax.data.imagenet import prepare_imagenet
 
 
@@ -16,12 +17,13 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--manual_dir", required=True, help="folder with the two ILSVRC2012 tars")
   parser.add_argument("--data_dir", required=True, help="where tfds writes the prepared dataset")
+  parser.add_argument("--verbose", action="store_true", help=cli.VERBOSE_HELP)
   args = parser.parse_args(argv)
-  try:
-    counts = prepare_imagenet(args.manual_dir, args.data_dir)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  return cli.guard(lambda: _prepare(args), argv)
+
+
+def _prepare(args):
+  counts = prepare_imagenet(args.manual_dir, args.data_dir)
   print("imagenet2012 examples per split:")
   for split, n in sorted(counts.items()):
     print(f"  {split:<12} {n:>9,}")

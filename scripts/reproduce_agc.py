@@ -12,7 +12,7 @@ with diverged runs marked; top-1 vs λ; NF vs BN). Every flag left out keeps the
 import argparse
 import sys
 
-from nfnet_jax import ablation
+from nfnet_jax import ablation, cli
 
 
 def _ints(text):
@@ -42,6 +42,7 @@ def main(argv=None):
   p.add_argument('--sensitivity-batch-sizes', type=_ints, default=d.sensitivity_batch_sizes,
                  help='comma-separated extra batch sizes of the NF vs BN comparison')
   p.add_argument('--seeds', type=_ints, default=d.seeds)
+  p.add_argument('--verbose', action='store_true', help=cli.VERBOSE_HELP)
   args = p.parse_args(argv)
   c = ablation.get_config()
   if args.quick:
@@ -58,7 +59,7 @@ def main(argv=None):
     ablation.check_config(c)
   except ValueError as e:
     p.error(str(e))
-  ablation.run_sweep(c, args.out)
+  return cli.guard(lambda: ablation.run_sweep(c, args.out), argv)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ runs) for tests.
 import argparse
 import sys
 
-from nfnet_jax import ablation
+from nfnet_jax import ablation, cli
 
 
 def _ints(text):
@@ -33,6 +33,7 @@ def main(argv=None):
   p.add_argument('--batch-sizes', type=_ints, default=None)
   p.add_argument('--kinds', default=None, help=f'comma-separated, from {",".join(d.kinds)}')
   p.add_argument('--seeds', type=_ints, default=None)
+  p.add_argument('--verbose', action='store_true', help=cli.VERBOSE_HELP)
   args = p.parse_args(argv)
   c = ablation.batch_size_config()
   if args.quick:
@@ -49,7 +50,7 @@ def main(argv=None):
     ablation.check_config(c)
   except ValueError as e:
     p.error(str(e))
-  ablation.run_batch_sweep(c, args.out)
+  return cli.guard(lambda: ablation.run_batch_sweep(c, args.out), argv)
 
 
 if __name__ == '__main__':

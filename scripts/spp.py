@@ -14,7 +14,7 @@ initialisation unless --workdir (a training run) or --pretrained (a params file)
 import argparse
 import sys
 
-from nfnet_jax import spp
+from nfnet_jax import cli, spp
 
 
 def main(argv=None):
@@ -36,7 +36,12 @@ def main(argv=None):
                  help='initial SkipInit gain of models that have one, at init (default 1; the '
                       'released value 0 silences every residual branch)')
   p.add_argument('--yscale', choices=('linear', 'log'), default='linear')
+  p.add_argument('--verbose', action='store_true', help=cli.VERBOSE_HELP)
   args = p.parse_args(argv)
+  return cli.guard(lambda: _run(args), argv)
+
+
+def _run(args):
   paths = spp.run(args.model, args.out, image_size=args.image_size, batch=args.batch,
                   seed=args.seed, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
                   workdir=args.workdir, pretrained=args.pretrained, ema=args.ema,

@@ -5,17 +5,19 @@ latest checkpoint in --workdir. For several hosts give --coordinator_address, --
 --process_id on every host (TPU pods and Slurm are detected without them).
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nfnet_jax import train
+from nfnet_jax import cli, train
 from nfnet_jax.train import distributed
 
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/nfnet.py:F0.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard logs.')
+flags.DEFINE_integer('resume_step', None, 'Resume from this kept checkpoint instead of the latest; '
+                     'the later ones are moved to WORKDIR/set_aside/ (nothing is deleted).')
+flags.DEFINE_bool('allow_config_change', False, 'Resume although settings such as batch_size, the '
+                  'schedule or optimizer.lr changed (logged); model/optimizer/shape changes are refused.')
 distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
@@ -26,15 +28,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   distributed.initialize_from_flags()
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except train.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except train.NonFiniteLossError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume_step=FLAGS.resume_step,
+                           allow_config_change=FLAGS.allow_config_change)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -10,6 +10,8 @@ import pytest
 
 from nfnet_jax import models
 from nfnet_jax.train import ConfigError, base_config, train_and_evaluate, validate
+from nfnet_jax.train.config import resume_changes
+from nfnet_jax.train.loop import config_json
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -109,6 +111,16 @@ def test_nf_and_bn_resnet_configs_share_the_paper_recipe():
     ({'eval_split': 'test'}, r"eval_split='test' is not a split of digits"),
     ({'label_smoothing': 1.5}, r'label_smoothing=1.5 must be in \[0, 1\)'),
     ({'total_steps': 3}, r'config.optimizer: .*warmup'),
+    # Each of these used to pass, or silently mean the default, or be blamed on another key.
+    ({'eval_batch_size': -4}, r'config.eval_batch_size=-4 must be an integer >= 1 \(or None'),
+    ({'eval_batch_size': 0}, r'config.eval_batch_size=0 must be an integer >= 1'),
+    ({'image_size': 0}, r'config.image_size=0 must be an integer >= 1'),
+    ({'eval_image_size': 0}, r'config.eval_image_size=0 must be an integer >= 1'),
+    ({'seed': -1}, r'config.seed=-1 must be an integer in \[0, 2\*\*31\)'),
+    ({'total_steps': 0}, r'config.total_steps=0 must be an integer >= 1'),
+    ({'checkpoint_every_steps': 0}, r'config.checkpoint_every_steps=0 must be an integer >= 1'),
+    ({'keep_every_steps': 300}, r'keep_every_steps=300 must be a multiple of config.checkpoint_every_steps=200'),
+    ({'keep_checkpoints': -1}, r'config.keep_checkpoints=-1 must be an integer >= 1'),
 ])
 def test_bad_config_raises_a_clear_error(overrides, message):
   config = load('quickstart').get_config()
@@ -117,6 +129,33 @@ def test_bad_config_raises_a_clear_error(overrides, message):
     config[key] = value
   with pytest.raises(ConfigError, match=message):
     validate(config, device_count=4)
+
+
+def test_evaluation_does_not_validate_training_only_settings():
+  config = load('quickstart').get_config()
+  config.batch_size, config.augment, config.seed, config.log_every_steps = 30, 'nonsense', -1, 0
+  config.eval_batch_size = 8
+  run = validate(config, device_count=4, for_training=False)
+  assert (run.eval_batch_size, run.eval_image_size) == (8, 32)
+  config.eval_batch_size = -4
+  with pytest.raises(ConfigError, match='eval_batch_size=-4'):
+    validate(config, device_count=4, for_training=False)
+
+
+def test_resume_refuses_structural_changes_and_needs_a_flag_for_others():
+  saved = config_json(load('quickstart').get_config())
+  changed = load('quickstart').get_config()
+  changed.model_kwargs.width = 2
+  changed.optimizer.name = 'adamw' if saved['optimizer'].get('name') != 'adamw' else 'sgd'
+  with pytest.raises(ConfigError, match=r"different model/optimizer/shape \(model_kwargs: .*optimizer.name: "):
+    resume_changes(saved, config_json(changed), allow=True, workdir='W')
+  changed = load('quickstart').get_config()
+  changed.batch_size, changed.optimizer.lr, changed.log_every_steps = 128, 0.01, 7
+  with pytest.raises(ConfigError, match=r'changed settings \(batch_size: 64 -> 128; optimizer.lr: 0.4 -> 0.01\); pass --allow_config_change'):
+    resume_changes(saved, config_json(changed), allow=False, workdir='W')
+  assert resume_changes(saved, config_json(changed), allow=True, workdir='W') == [
+      'batch_size: 64 -> 128', 'optimizer.lr: 0.4 -> 0.01']
+  assert resume_changes(saved, saved, allow=False, workdir='W') == []
 
 
 def test_bad_model_kwargs_and_data_errors_surface_before_compiling(tmp_path):

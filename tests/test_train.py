@@ -1,97 +1,26 @@
 """End-to-end training on digits: outputs, resume after SIGTERM and SIGKILL, multi-process equality, NaN stop.
 
-Every run is a subprocess of scripts/train.py with the same config (quickstart's tiny NF-ResNet with
-MixUp/CutMix and stochastic depth, so per-device randomness is exercised), built from one override dict.
+Every run is a subprocess of scripts/train.py (tests/train_subprocess.py) with the same config.
 """
 
-import os
-import pathlib
 import signal
 import socket
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from nfnet_jax.train import checkpoints
+import train_subprocess as ts
 from nfnet_jax.train.writers import read_jsonl
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TOTAL_STEPS = 24
-OVERRIDES = {
-    'batch_size': 32, 'total_steps': TOTAL_STEPS, 'checkpoint_every_steps': 4, 'keep_checkpoints': 2,
-    'log_every_steps': 4, 'eval_every_steps': 0, 'augment': 'cutmix_mixup', 'ema_decay': 0.9,
-    'optimizer.lr': 0.1, 'optimizer.warmup_epochs': 0.1, 'model_kwargs.stochdepth_rate': 0.2,
-}
-
-
-def cli_flags(workdir, **extra):
-  flags = ['--config=configs/quickstart.py', f'--workdir={workdir}']
-  flags += [f'--config.{k}={v}' for k, v in {**OVERRIDES, **extra}.items()]
-  return flags
-
-
-CACHE_DIR = None  # set by the `xla_cache` fixture: a persistent XLA cache shared by the subprocesses
-
-
-def launch(workdir, log_path, *, devices=4, extra_args=(), **overrides):
-  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_COMPILATION_CACHE_DIR=str(CACHE_DIR), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  log = open(log_path, 'w')
-  return subprocess.Popen([sys.executable, 'scripts/train.py', *cli_flags(workdir, **overrides),
-                           *extra_args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def finished_steps(workdir):
-  d = checkpoints.checkpoint_dir(str(workdir))
-  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
-
-
-def wait_for_checkpoint(proc, workdir, after, log_path, timeout=240):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    steps = [s for s in finished_steps(workdir) if s > after]
-    if steps:
-      return steps[-1]
-    if proc.poll() is not None:
-      pytest.fail(f'training exited early ({proc.returncode}):\n{pathlib.Path(log_path).read_text()}')
-    time.sleep(0.05)
-  proc.kill()
-  pytest.fail(f'no checkpoint after step {after} within {timeout}s:\n{pathlib.Path(log_path).read_text()}')
-
-
-def final_params(workdir):
-  ckpt = checkpoints.Checkpointer(str(workdir), read_only=True)
-  state = ckpt.restore_raw()
-  ckpt.close()
-  return state
-
-
-def assert_same_params(a, b, rtol=1e-5, atol=1e-6):
-  flat_a = jax.tree_util.tree_leaves_with_path(a)
-  flat_b = dict(jax.tree_util.tree_leaves_with_path(b))
-  assert len(flat_a) == len(flat_b)
-  for path, x in flat_a:
-    np.testing.assert_allclose(np.asarray(x), np.asarray(flat_b[path]), rtol=rtol, atol=atol,
-                               err_msg=jax.tree_util.keystr(path))
+from train_subprocess import (TOTAL_STEPS, assert_same_params, final_params, finished_steps, launch,
+                              run_to_end, wait_for_checkpoint)
 
 
 @pytest.fixture(scope='module', autouse=True)
 def xla_cache(tmp_path_factory):
   """Subprocesses with the same config and device count then compile the train step only once."""
-  global CACHE_DIR
-  CACHE_DIR = tmp_path_factory.mktemp('xla_cache')
-  yield CACHE_DIR
-
-
-def run_to_end(workdir, log, **kwargs):
-  proc = launch(workdir, log, **kwargs)
-  assert proc.wait(timeout=400) == 0, pathlib.Path(log).read_text()
-  return pathlib.Path(log).read_text()
+  ts.CACHE_DIR = tmp_path_factory.mktemp('xla_cache')
+  yield ts.CACHE_DIR
 
 
 @pytest.fixture(scope='module')

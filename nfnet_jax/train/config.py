@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  c.keep_every_steps = ml_collections.FieldReference(None, field_type=int)  # also keep every Nth step
   c.eval_every_steps = 10000            # and at the end; 0: never during training
   c.seed = 0
   return c
@@ -99,12 +100,23 @@ def _check(cond: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def _int_setting(config, key: str, *, minimum: int = 1, optional: bool = False) -> None:
+  value = config[key]
+  if optional and value is None:
+    return
+  _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+         f'config.{key}={value!r} must be an integer >= {minimum}'
+         + (' (or None for the default).' if optional else '.'))
+
+
 def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None,
              for_training: bool = True) -> Run:
   """Checks `config` against the model, the dataset and the devices; raises ConfigError.
 
-  Runs before any compilation, so a bad config costs seconds, not a compile. for_training=False
-  (evaluation) skips the checks of the training batch against the devices and the training split.
+  Runs before any compilation, so a bad config costs seconds, not a compile. Every numeric setting
+  is checked (0 and negatives are errors; None is the only "default"). With for_training=False
+  (evaluation, classification) the training-only settings are not checked: batch size against the
+  devices and the training split, augmentation, schedule, logging and checkpoint intervals, seed.
   """
   device_count = jax.device_count() if device_count is None else device_count
   missing = [k for k in base_config().keys() if k not in config]
@@ -122,61 +134,105 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
     info = data_lib.get_info(config.dataset, data_dir=config.data_dir)
   except (ValueError, FileNotFoundError) as e:
     raise ConfigError(f'config.dataset={config.dataset!r}: {e}') from None
-  try:
-    data_lib.parse_augment(config.augment)
-  except ValueError as e:
-    raise ConfigError(f'config.augment={config.augment!r}: {e}') from None
 
+  for key in ('batch_size', 'grad_accum_steps'):
+    _int_setting(config, key)
+  for key in ('image_size', 'eval_image_size', 'eval_batch_size', 'total_steps'):
+    _int_setting(config, key, optional=True)
   b, a = config.batch_size, config.grad_accum_steps
-  _check(isinstance(a, int) and a >= 1, f'config.grad_accum_steps={a!r} must be an integer >= 1.')
-  _check(isinstance(b, int) and b >= 1, f'config.batch_size={b!r} must be a positive integer.')
-  _check(b % (device_count * a) == 0 or not for_training,
-         f'config.batch_size={b} must be divisible by devices x grad_accum_steps = '
-         f'{device_count} x {a} = {device_count * a}; choose e.g. batch_size='
-         f'{max(1, b // (device_count * a)) * device_count * a}.')
-  eval_batch_size = config.eval_batch_size or b   # any size: eval batches are padded per device
-
-  image_size = config.image_size or spec.train_image_size
-  eval_image_size = config.eval_image_size or spec.test_image_size
+  # Any size: eval batches are padded per device.
+  eval_batch_size = config.eval_batch_size if config.eval_batch_size is not None else b
+  image_size = config.image_size if config.image_size is not None else spec.train_image_size
+  eval_image_size = (config.eval_image_size if config.eval_image_size is not None
+                     else spec.test_image_size)
   for key, size in (('image_size', image_size), ('eval_image_size', eval_image_size)):
     _check(size >= spec.min_image_size,
            f'config.{key}={size} is too small for {config.model}: it needs at least '
            f'{spec.min_image_size} pixels.')
-
   eval_split = config.eval_split or info.eval_split
   _check(eval_split in info.splits,
          f'config.eval_split={eval_split!r} is not a split of {info.name}; it has {sorted(info.splits)}.')
-  _check(0.0 <= config.label_smoothing < 1.0,
-         f'config.label_smoothing={config.label_smoothing} must be in [0, 1).')
-  _check(0.0 <= config.ema_decay <= 1.0, f'config.ema_decay={config.ema_decay} must be in [0, 1].')
-  for key in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    _check(isinstance(config[key], int) and config[key] >= 1,
-           f'config.{key}={config[key]!r} must be an integer >= 1.')
-  _check(isinstance(config.eval_every_steps, int) and config.eval_every_steps >= 0,
-         f'config.eval_every_steps={config.eval_every_steps!r} must be an integer >= 0 '
-         '(0: no evaluation during training).')
   _check(config.eval_preprocess in ('resize_crop_32', 'crop_resize'),
          f"config.eval_preprocess={config.eval_preprocess!r} must be 'resize_crop_32' or 'crop_resize'.")
-
   train_examples = info.splits[info.train_split]
-  _check(train_examples >= b or not for_training,
-         f'config.batch_size={b} exceeds the {train_examples} training examples of {info.name}.')
   steps_per_epoch = max(1, train_examples // b)
-  if config.total_steps is not None:
-    _check(config.total_steps >= 1, f'config.total_steps={config.total_steps} must be >= 1.')
-    total_steps = config.total_steps
-  else:
-    _check(config.num_epochs > 0, f'config.num_epochs={config.num_epochs} must be > 0 '
-           '(or set config.total_steps).')
-    total_steps = max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
+  _check(isinstance(config.num_epochs, (int, float)) and config.num_epochs > 0,
+         f'config.num_epochs={config.num_epochs!r} must be > 0 (or set config.total_steps).')
+  total_steps = (config.total_steps if config.total_steps is not None
+                 else max(1, int(math.ceil(config.num_epochs * steps_per_epoch))))
+  per_device_batch = max(1, b // (device_count * a))
 
-  try:
-    optim.create(config.optimizer, global_batch_size=b, total_steps=total_steps,
-                 steps_per_epoch=max(1, steps_per_epoch))
-  except ValueError as e:
-    raise ConfigError(f'config.optimizer: {e}') from None
+  if for_training:
+    _check(b % (device_count * a) == 0,
+           f'config.batch_size={b} must be divisible by devices x grad_accum_steps = '
+           f'{device_count} x {a} = {device_count * a}; choose e.g. batch_size='
+           f'{max(1, b // (device_count * a)) * device_count * a}.')
+    _check(train_examples >= b,
+           f'config.batch_size={b} exceeds the {train_examples} training examples of {info.name}.')
+    try:
+      data_lib.parse_augment(config.augment)
+    except ValueError as e:
+      raise ConfigError(f'config.augment={config.augment!r}: {e}') from None
+    _check(0.0 <= config.label_smoothing < 1.0,
+           f'config.label_smoothing={config.label_smoothing} must be in [0, 1).')
+    _check(0.0 <= config.ema_decay <= 1.0, f'config.ema_decay={config.ema_decay} must be in [0, 1].')
+    for key in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+      _int_setting(config, key)
+    _int_setting(config, 'keep_every_steps', optional=True)
+    _check(config.keep_every_steps is None
+           or config.keep_every_steps % config.checkpoint_every_steps == 0,
+           f'config.keep_every_steps={config.keep_every_steps} must be a multiple of '
+           f'config.checkpoint_every_steps={config.checkpoint_every_steps} (or None).')
+    _int_setting(config, 'eval_every_steps', minimum=0)
+    _check(isinstance(config.seed, int) and 0 <= config.seed < 2**31,
+           f'config.seed={config.seed!r} must be an integer in [0, 2**31).')
+    try:
+      optim.create(config.optimizer, global_batch_size=b, total_steps=total_steps,
+                   steps_per_epoch=steps_per_epoch)
+    except ValueError as e:
+      raise ConfigError(f'config.optimizer: {e}') from None
 
   return Run(config=config, spec=spec, info=info, image_size=image_size,
              eval_image_size=eval_image_size, eval_split=eval_split,
-             eval_batch_size=eval_batch_size, per_device_batch=max(1, b // (device_count * a)),
+             eval_batch_size=eval_batch_size, per_device_batch=per_device_batch,
              steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+
+# Keys whose change makes a saved state unusable (its structure or meaning changes).
+STRUCTURAL_KEYS = ('model', 'model_kwargs', 'dataset', 'image_size', 'bf16', 'optimizer.name')
+# Keys that only say how often to log, save or evaluate, or where data lives: free to change.
+FREE_KEYS = ('data_dir', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+             'keep_every_steps', 'eval_every_steps', 'eval_image_size', 'eval_split',
+             'eval_batch_size', 'eval_preprocess')
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value and f'{prefix}{key}' not in STRUCTURAL_KEYS:
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def resume_changes(saved: dict, new: dict, *, allow: bool, workdir: str) -> list[str]:
+  """Compares a workdir's saved config (JSON) with the new one; returns the changes to log.
+
+  A change of STRUCTURAL_KEYS is refused; any other change outside FREE_KEYS (batch size,
+  schedule, optimizer settings, augmentation, ...) needs `allow` (--allow_config_change).
+  """
+  old, now = _flatten(saved), _flatten(new)
+  def free(k):
+    return any(k == f or k.startswith(f + '.') for f in FREE_KEYS)
+  diffs = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k) and not free(k)]
+  describe = [f'{k}: {old.get(k)!r} -> {now.get(k)!r}' for k in diffs]
+  structural = [d for k, d in zip(diffs, describe) if k in STRUCTURAL_KEYS]
+  if structural:
+    raise ConfigError(f'{workdir} holds a run with a different model/optimizer/shape ('
+                      f'{"; ".join(structural)}); its checkpoints cannot be resumed with this config. '
+                      'Use another --workdir or the saved settings.')
+  if describe and not allow:
+    raise ConfigError(f'resuming {workdir} with changed settings ({"; ".join(describe)}); pass '
+                      '--allow_config_change to resume with them deliberately, or use the saved ones.')
+  return describe

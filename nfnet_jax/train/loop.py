@@ -16,7 +16,9 @@ from nfnet_jax import evaluate as eval_lib
 from nfnet_jax import extras
 from nfnet_jax.train import config as config_lib
 from nfnet_jax.train.build import build, initial_state_fn
+from nfnet_jax.train import lock as lock_lib
 from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
+from nfnet_jax.train.integrity import NonFiniteParamsError
 from nfnet_jax.train.progress import Progress
 from nfnet_jax.train.step import make_train_step, pmap_train_step
 from nfnet_jax.train.writers import MetricWriter
@@ -25,7 +27,19 @@ ml_collections = extras.require('ml_collections', 'training (nfnet_jax.train)')
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or Inf; the run stopped without saving over the last good checkpoint."""
+  """The loss or params became NaN or Inf; the run stopped without saving, listing the kept checkpoints."""
+
+
+def _divergence_message(what: str, workdir: str, checkpointer: Checkpointer) -> str:
+  kept = []
+  for step, manifest in checkpointer.kept():
+    facts = [f'{k.replace("_", " ")} {manifest[k]:.4g}' for k in ('train_loss', 'param_norm')
+             if manifest and manifest.get(k) is not None]
+    kept.append(f'step {step}' + (f' ({", ".join(facts)})' if facts else ''))
+  return (f'{what}; stopped without saving. Kept checkpoints in {workdir}: '
+          f'{"; ".join(kept) or "none"}. Resume from one before the instability with '
+          '--resume_step=STEP and a lower --config.optimizer.lr (with --allow_config_change), '
+          'or check the data.')
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:
@@ -43,28 +57,58 @@ def _log(is_main: bool, message: str) -> None:
     print(message, flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       resume_step: int | None = None, allow_config_change: bool = False) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final metrics.
 
   Returns {'step', 'train': {...}, 'eval': {NAME: {'params': {...}, 'ema_params': {...}}} for each
   eval set of config.evals, 'preempted': bool}. Raises
   config_lib.ConfigError before compiling anything when the config cannot run, and
-  NonFiniteLossError naming the step when the loss becomes NaN or Inf.
+  NonFiniteLossError naming the step when the loss becomes NaN or Inf. With `resume_step`, the
+  run resumes from that kept checkpoint and the later ones are moved to WORKDIR/set_aside/.
+  Resuming compares the saved config with `config` (config_lib.resume_changes): a model/optimizer/
+  shape change is refused; other changes need `allow_config_change` and are logged.
   """
   run = config_lib.validate(config)
-  c = config
   is_main = jax.process_index() == 0
+  with lock_lib.hold(workdir, log=lambda m: _log(is_main, m)):
+    return _train(run, workdir, is_main, resume_step, allow_config_change)
+
+
+def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | None,
+           allow_config_change: bool) -> dict:
+  c = run.config
   model, optimizer, schedule = build(run)
   init_fn = initial_state_fn(run, model, optimizer)
   rng = jax.random.PRNGKey(c.seed)
 
-  checkpointer = Checkpointer(workdir, keep=c.keep_checkpoints)
-  resume_step = checkpointer.latest_step()
+  checkpointer = Checkpointer(workdir, keep=c.keep_checkpoints, keep_period=c.keep_every_steps,
+                              log=lambda m: _log(is_main, m))
+  if resume_step is not None:
+    try:
+      moved = checkpointer.rewind(resume_step)
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from None
+    if moved:
+      _log(is_main, f'--resume_step={resume_step}: moved the later checkpoints to {", ".join(moved)}.')
+  if checkpointer.latest_step() is not None:
+    try:
+      saved = checkpointer.restore_config(resume_step)
+    except Exception:  # pylint: disable=broad-except
+      saved = None     # a damaged newest checkpoint: restore() below names it and falls back
+    if saved is not None:
+      for change in config_lib.resume_changes(saved, config_json(c), allow=allow_config_change,
+                                              workdir=workdir):
+        _log(is_main, f'--allow_config_change: resuming with {change}')
+    state, _ = checkpointer.restore(jax.eval_shape(init_fn, rng), resume_step)
+    _log(is_main, f'Resuming from the checkpoint at step {int(state.step)} in {workdir}.')
+  else:
+    state = jax.device_get(init_fn(rng))
   # The first batch is read before anything compiles, so data errors surface at once.
   try:
     batches = data_lib.train_iterator(
         c.dataset, data_dir=c.data_dir, global_batch_size=c.batch_size, image_size=run.image_size,
-        augment=c.augment, seed=c.seed, start_step=resume_step or 0,
+        augment=c.augment, seed=c.seed, start_step=int(state.step),
         grad_accum_steps=c.grad_accum_steps, dtype=jnp.bfloat16 if c.bf16 else np.float32)
     first_batch = next(batches)
   except ValueError as e:
@@ -73,11 +117,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batches = itertools.chain([first_batch], batches)
   eval_sets = eval_lib.resolve_eval_sets(run) if c.eval_every_steps > 0 else []
 
-  if resume_step is not None:
-    state, _ = checkpointer.restore(jax.eval_shape(init_fn, rng), resume_step)
-    _log(is_main, f'Resuming from the checkpoint at step {resume_step} in {workdir}.')
-  else:
-    state = jax.device_get(init_fn(rng))
   step = int(state.step)
   num_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.params))
   _log(is_main, f'{c.model}: {num_params:,} params | {c.dataset} | global batch {c.batch_size} = '
@@ -93,14 +132,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   p_eval_step = eval_lib.make_eval_step(model, bf16=c.bf16)
   state = eval_lib.replicate(state)
 
-  writer = MetricWriter(workdir, enabled=is_main)
+  writer = MetricWriter(workdir, enabled=is_main, start_step=step)
   progress = Progress(run.total_steps, c.batch_size, enabled=is_main)
 
   def save(state):
-    checkpointer.save(_first_device(state), config_json(c))
+    try:
+      checkpointer.save(_first_device(state), config_json(c), train_loss=last_loss[0])
+    except NonFiniteParamsError as e:
+      raise NonFiniteLossError(_divergence_message(str(e), workdir, checkpointer)) from None
 
   result = {'step': step, 'train': {}, 'eval': {}, 'preempted': False}
   pending = []           # (step, device metrics) not yet checked for NaN/Inf
+  last_loss = [None]     # the training loss of the latest checked step
   window = []            # host metrics since the last log line
   progress.start(step)
 
@@ -109,12 +152,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for (s, _), m in zip(pending, fetched):
       loss = float(np.asarray(m['loss'])[0])
       if not math.isfinite(loss):
-        last = checkpointer.latest_step()
-        raise NonFiniteLossError(
-            f'the training loss became {loss} at step {s}; stopped without saving. The last good '
-            f'checkpoint ({"step " + str(last) if last is not None else "none"}) is kept in '
-            f'{workdir}. Lower optimizer.lr, check the data, or resume from that checkpoint.')
+        raise NonFiniteLossError(_divergence_message(
+            f'the training loss became {loss} at step {s}', workdir, checkpointer))
       window.append({k: float(np.asarray(v)[0]) for k, v in m.items()})
+      last_loss[0] = loss
     pending.clear()
 
   try:
