@@ -16,6 +16,7 @@ compiled step. "No clipping" sets both thresholds to DISABLED, which no gradient
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
 from nfnet_jax import models
 from nfnet_jax import optim
+from nfnet_jax import paths
 from nfnet_jax.train.state import init_state
 from nfnet_jax.train.step import make_train_step, pmap_train_step
 
@@ -248,7 +250,6 @@ def run_sweep(config, out_dir: str, *, printer: Callable[[str], None] = _print) 
   check_config(c)
   info = data_lib.get_info(c.dataset, c.data_dir)
   specs = runs_of(c)
-  os.makedirs(out_dir, exist_ok=True)
   n = info.splits[info.train_split]
   work = [max(1, math.ceil(float(c.epochs) * n / s.batch_size)) * s.batch_size for s in specs]
   wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -290,10 +291,8 @@ def run_sweep(config, out_dir: str, *, printer: Callable[[str], None] = _print) 
       'jax_backend': jax.default_backend(),
   }
   summary['config']['model_kwargs']['depth'] = list(c.model_kwargs.depth)
-  with open(os.path.join(out_dir, 'agc_ablation.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
-    f.write('\n')
-  plot(summary, os.path.join(out_dir, 'agc_ablation.png'))
+  paths.write_text(paths.join(out_dir, 'agc_ablation.json'), json.dumps(summary, indent=2) + '\n')
+  plot(summary, paths.join(out_dir, 'agc_ablation.png'))
   printer(f'wrote {out_dir}/agc_ablation.json and {out_dir}/agc_ablation.png '
           f'({summary["wall_s"]:.0f}s wall, {summary["cpu_s"]:.0f}s CPU)')
   return summary
@@ -394,5 +393,7 @@ def plot(summary: dict, path: str) -> None:
                f'{tuple(c["model_kwargs"]["depth"])} width {c["model_kwargs"]["width"]}, '
                f'{c["epochs"]:g} epochs, one device per run', fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=110)
   plt.close(fig)
+  paths.write_bytes(path, buffer.getvalue())

@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nfnet_jax import data as data_lib
+from nfnet_jax import paths as paths_lib
 from nfnet_jax.train import build as build_lib
 from nfnet_jax.train import checkpoints
 from nfnet_jax.train import config as config_lib
@@ -88,10 +89,7 @@ def write_json(result: dict, *paths: str | None) -> None:
     return
   for path in paths:
     if path:
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-      with open(path, 'w') as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-        f.write('\n')
+      paths_lib.write_text(path, json.dumps(result, indent=2, sort_keys=True) + '\n')
 
 
 def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None = None,
@@ -139,7 +137,7 @@ def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None =
         model, params, model_state, dataset=config.dataset, data_dir=config.data_dir, split=split,
         batch_size=run.eval_batch_size, image_size=run.eval_image_size,
         preprocess=config.eval_preprocess, bf16=config.bf16, p_eval_step=p_eval_step)
-  write_json(result, out, os.path.join(workdir, 'eval.json') if workdir else None)
+  write_json(result, out, paths_lib.join(workdir, 'eval.json') if workdir else None)
   return result
 
 
@@ -198,7 +196,7 @@ def classify_files(paths: Iterable[str], net, params, model_state, *, class_name
   from nfnet_jax.data import preprocessing  # pylint: disable=import-outside-toplevel
   images = []
   for path in paths:
-    encoded = tf.io.read_file(path)
+    encoded = tf.constant(paths_lib.read_bytes(path))
     image = preprocessing.eval_image(encoded, image_size, 'resize_crop_32',
                                      is_jpeg=bool(tf.io.is_jpeg(encoded)))
     images.append(preprocessing.normalize(image[None])[0].numpy())

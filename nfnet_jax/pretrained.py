@@ -11,10 +11,11 @@ import codecs
 import io
 import os
 import pickle
-import tempfile
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
+
+from nfnet_jax import paths
 
 Params = dict  # {module_path: {param_name: np.ndarray}}
 
@@ -115,9 +116,8 @@ def _validate(tree: Any, source: str) -> Params:
 
 
 def _read(path: Union[str, os.PathLike]) -> Params:
-  with open(path, "rb") as f:
-    data = f.read()
   source = os.fspath(path)
+  data = paths.read_bytes(source)
   if data.startswith(_ZIP_MAGIC):
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
       return _validate(_to_nested({k: npz[k] for k in npz.files}, source), source)
@@ -195,14 +195,6 @@ def save(path: Union[str, os.PathLike], params: Mapping[str, Mapping[str, Any]])
       if "/" in name:
         raise ValueError(f"param name {name!r} in {module!r} contains '/', so it could not be read back.")
       flat[f"{module}/{name}"] = np.asarray(value)
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **flat)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  buffer = io.BytesIO()
+  np.savez(buffer, **flat)
+  paths.write_bytes(os.fspath(path), buffer.getvalue())

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from nfnet_jax import paths
 from nfnet_jax.data import layout as layout_lib
 from nfnet_jax.data import preprocessing
 from nfnet_jax.data.info import BadDataError, DatasetInfo
@@ -25,7 +26,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _data_dir(data_dir):
-  return os.path.expanduser(data_dir) if data_dir else None
+  return paths.expand(data_dir) if data_dir else None
 
 
 @functools.lru_cache(maxsize=None)

@@ -2,12 +2,13 @@
 
 Orbax writes each checkpoint into a temporary directory and renames it only once complete, so a
 process killed during a save leaves the previous checkpoint intact; the half-written temporary
-directory is removed the next time the manager opens WORKDIR.
+directory is removed the next time the manager opens WORKDIR. With async_save the write runs in a
+background thread while training goes on; orbax waits for it before starting the next save, so at
+most one save is in flight.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 from typing import Any
 
@@ -15,23 +16,27 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from nfnet_jax import paths
 from nfnet_jax.train.state import TrainState
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+  """WORKDIR/checkpoints; a local workdir is made absolute, a URL (gs://...) is kept as it is."""
+  return paths.join(paths.absolute(workdir), 'checkpoints')
 
 
 class Checkpointer:
   """Saves and restores {state: TrainState, config: dict} every so often, keeping the last few."""
 
-  def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
+  def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False,
+               async_save: bool = False):
     self._manager = ocp.CheckpointManager(
         checkpoint_dir(workdir),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
             create=not read_only, read_only=read_only,
-            cleanup_tmp_directories=not read_only, enable_async_checkpointing=False))
+            cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=async_save and not read_only))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -39,15 +44,27 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, state: TrainState, config: dict) -> None:
-    """Saves a host copy of `state` (unreplicated) under its step; every process must call it."""
+  def save(self, state: TrainState, config: dict, *, wait: bool = True) -> None:
+    """Saves a host copy of `state` (unreplicated) under its step; every process must call it.
+
+    wait=False (with async_save) returns once the previous save has finished and this one has
+    started; the copy of `state` it writes is its own, so training may go on at once.
+    """
     state = jax.device_get(state)
     step = int(state.step)
-    if step in self._manager.all_steps():
-      return
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)))
+    if step not in self._manager.all_steps():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)))
+    if wait:
+      self.wait()
+
+  def wait(self) -> None:
+    """Blocks until the save in flight (if any) is complete on disk."""
     self._manager.wait_until_finished()
+
+  def saving(self) -> bool:
+    """Whether a save is still being written."""
+    return self._manager.is_saving_in_progress()
 
   def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
     """Restores the checkpoint at `step` (default: the latest) into the structure of `target`."""

@@ -38,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  c.async_checkpoints = True            # write checkpoints while training goes on
+  c.device_prefetch = 2                 # batches copied to the devices ahead of the step
   c.eval_every_steps = 10000            # and at the end; 0: never during training
   c.seed = 0
   return c
@@ -149,6 +151,10 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _check(isinstance(config.eval_every_steps, int) and config.eval_every_steps >= 0,
          f'config.eval_every_steps={config.eval_every_steps!r} must be an integer >= 0 '
          '(0: no evaluation during training).')
+  _check(isinstance(config.device_prefetch, int) and config.device_prefetch >= 0,
+         f'config.device_prefetch={config.device_prefetch!r} must be an integer >= 0 (0: none).')
+  _check(isinstance(config.async_checkpoints, bool),
+         f'config.async_checkpoints={config.async_checkpoints!r} must be True or False.')
   _check(config.eval_preprocess in ('resize_crop_32', 'crop_resize'),
          f"config.eval_preprocess={config.eval_preprocess!r} must be 'resize_crop_32' or 'crop_resize'.")
 

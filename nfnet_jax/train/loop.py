@@ -10,13 +10,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
 from nfnet_jax.train import config as config_lib
 from nfnet_jax.train.build import build, initial_state_fn
-from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
+from nfnet_jax.train import prefetch
+from nfnet_jax.train.checkpoints import Checkpointer
+from nfnet_jax.train.preemption import Preemption
 from nfnet_jax.train.progress import Progress
 from nfnet_jax.train.step import make_train_step, pmap_train_step
 from nfnet_jax.train.writers import MetricWriter
@@ -55,7 +56,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_fn = initial_state_fn(run, model, optimizer)
   rng = jax.random.PRNGKey(c.seed)
 
-  checkpointer = Checkpointer(workdir, keep=c.keep_checkpoints)
+  checkpointer = Checkpointer(workdir, keep=c.keep_checkpoints, async_save=c.async_checkpoints)
   resume_step = checkpointer.latest_step()
   # The first batch is read before anything compiles, so data errors surface at once.
   try:
@@ -67,7 +68,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   except ValueError as e:
     raise config_lib.ConfigError(
         f'config.dataset={c.dataset!r} with config.augment={c.augment!r}: {e}') from None
-  batches = itertools.chain([first_batch], batches)
+  batches = prefetch.to_device(itertools.chain([first_batch], batches), c.device_prefetch)
 
   if resume_step is not None:
     state, _ = checkpointer.restore(jax.eval_shape(init_fn, rng), resume_step)
@@ -97,8 +98,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         image_size=run.eval_image_size, preprocess=c.eval_preprocess)
     return eval_lib.evaluate(p_eval_step, params, model_state, eval_batches)
 
-  def save(state):
-    checkpointer.save(_first_device(state), config_json(c))
+  def save(state, wait):
+    checkpointer.save(_first_device(state), config_json(c), wait=wait)
 
   result = {'step': step, 'train': {}, 'eval': {}, 'eval_ema': {}, 'preempted': False}
   pending = []           # (step, device metrics) not yet checked for NaN/Inf
@@ -119,16 +120,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pending.clear()
 
   try:
-    with TerminationFlag() as termination:
+    with Preemption(step) as preemption:
       while step < run.total_steps:
         state, metrics = p_train_step(state, next(batches))
         step += 1
         pending.append((step, metrics))
         last = step == run.total_steps
         log_now = step % c.log_every_steps == 0 or last
-        stop = termination.requested
-        if jax.process_count() > 1:  # all hosts must agree before a collective save
-          stop = bool(np.any(multihost_utils.process_allgather(np.array(stop)))) if log_now else False
+        stop = preemption.reached(step, log_now)   # the same step on every host
         save_now = step % c.checkpoint_every_steps == 0 or last or stop
         eval_now = c.eval_every_steps > 0 and (step % c.eval_every_steps == 0 or last)
         if log_now or save_now or eval_now:
@@ -139,8 +138,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.write(step, means, prefix='train/')
           result['train'] = means
           window.clear()
-        if save_now:
-          save(state)
+        if save_now:  # async saves overlap the next steps; the last and a preemption's are waited for
+          save(state, wait=last or stop)
         if eval_now:
           for name, params, model_state in (('eval', state.params, state.model_state),
                                             ('eval_ema', state.ema_params, state.ema_model_state)):

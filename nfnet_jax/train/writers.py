@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping
 
 import numpy as np
+
+from nfnet_jax import paths
 
 
 class MetricWriter:
@@ -20,8 +21,8 @@ class MetricWriter:
     self._summary = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl_path = os.path.join(workdir, 'metrics.jsonl')
+    paths.makedirs(workdir)
+    self._jsonl_path = paths.join(workdir, 'metrics.jsonl')
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
     self._tf = tf
@@ -29,7 +30,7 @@ class MetricWriter:
     # metadata writes the same event records with tensorflow alone.
     self._metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars'))
-    self._summary = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+    self._summary = tf.summary.create_file_writer(paths.join(workdir, 'tensorboard'))
 
   def write(self, step: int, scalars: Mapping[str, float], *, prefix: str = '') -> None:
     if not self.enabled:
@@ -40,8 +41,7 @@ class MetricWriter:
         self._tf.summary.write(name, self._tf.constant(value, self._tf.float32), step=step,
                                metadata=self._metadata)
     self._summary.flush()
-    with open(self._jsonl_path, 'a') as f:
-      f.write(json.dumps({'step': int(step), **values}) + '\n')
+    paths.append_text(self._jsonl_path, json.dumps({'step': int(step), **values}) + '\n')
 
   def close(self) -> None:
     if self._summary is not None:
@@ -50,5 +50,4 @@ class MetricWriter:
 
 def read_jsonl(path: str) -> list[dict]:
   """Reads back metrics.jsonl (one dict per written line)."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
