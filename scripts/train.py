@@ -3,11 +3,17 @@
 Override any config key with --config.KEY=VALUE. Restarting the same command resumes from the
 latest checkpoint in --workdir. For several hosts give --coordinator_address, --num_processes and
 --process_id on every host (TPU pods and Slurm are detected without them).
+
+--dry_run checks a config for another machine without running it: with --dry_run_devices=256
+--dry_run_processes=32 it validates the config for that topology, compiles one per-device train
+step on abstract shapes, and prints the batch layout, steps, epochs, XLA's per-device memory
+estimate and the paths it would use (--dry_run_memory_gb: fail if the estimate exceeds it).
 """
 
 import sys
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 
 from nfnet_jax import train
@@ -16,6 +22,10 @@ from nfnet_jax.train import distributed
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/nfnet.py:F0.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard logs.')
+flags.DEFINE_bool('dry_run', False, 'Check the config for --dry_run_devices; run nothing.')
+flags.DEFINE_integer('dry_run_devices', None, 'Devices of the target (default: this machine).')
+flags.DEFINE_integer('dry_run_processes', 1, 'Processes (hosts) of the target.')
+flags.DEFINE_float('dry_run_memory_gb', None, 'Device memory of the target, in GiB.')
 distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
@@ -25,6 +35,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
+  if FLAGS.dry_run:
+    from nfnet_jax.train import dry_run  # pylint: disable=import-outside-toplevel
+    try:
+      report = dry_run.dry_run(FLAGS.config, FLAGS.workdir,
+                               devices=FLAGS.dry_run_devices or jax.device_count(),
+                               processes=FLAGS.dry_run_processes, memory_gb=FLAGS.dry_run_memory_gb)
+    except train.ConfigError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
+    print(dry_run.format_report(report))
+    return
   distributed.initialize_from_flags()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -95,10 +95,12 @@ def _check(cond: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> Run:
+def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None,
+             info: Any = None) -> Run:
   """Checks `config` against the model, the dataset and the devices; raises ConfigError.
 
-  Runs before any compilation, so a bad config costs seconds, not a compile.
+  Runs before any compilation, so a bad config costs seconds, not a compile. `info` (a
+  data.DatasetInfo) stands in for reading the dataset's metadata (the dry run of another machine).
   """
   device_count = jax.device_count() if device_count is None else device_count
   missing = [k for k in base_config().keys() if k not in config]
@@ -113,7 +115,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   except (ValueError, TypeError) as e:
     raise ConfigError(f'config.model_kwargs={config.model_kwargs.to_dict()}: {e}') from None
   try:
-    info = data_lib.get_info(config.dataset, data_dir=config.data_dir)
+    info = info or data_lib.get_info(config.dataset, data_dir=config.data_dir)
   except (ValueError, FileNotFoundError) as e:
     raise ConfigError(f'config.dataset={config.dataset!r}: {e}') from None
   try:
