@@ -26,6 +26,7 @@ flags.DEFINE_bool('dry_run', False, 'Check the config for --dry_run_devices; run
 flags.DEFINE_integer('dry_run_devices', None, 'Devices of the target (default: this machine).')
 flags.DEFINE_integer('dry_run_processes', 1, 'Processes (hosts) of the target.')
 flags.DEFINE_float('dry_run_memory_gb', None, 'Device memory of the target, in GiB.')
+flags.DEFINE_bool('dry_run_compile', True, 'Compile the step (memory estimate); false: lower only.')
 distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
@@ -40,7 +41,8 @@ def main(argv):
     try:
       report = dry_run.dry_run(FLAGS.config, FLAGS.workdir,
                                devices=FLAGS.dry_run_devices or jax.device_count(),
-                               processes=FLAGS.dry_run_processes, memory_gb=FLAGS.dry_run_memory_gb)
+                               processes=FLAGS.dry_run_processes, memory_gb=FLAGS.dry_run_memory_gb,
+                               compile_step=FLAGS.dry_run_compile)
     except train.ConfigError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)

@@ -69,3 +69,24 @@ def test_the_script_reports_the_quickstart_and_says_what_to_change_when_it_does_
                                                processes=2))
   assert 'global batch 64 = 8 devices x 1 micro-batches x 8 per device' in text
   assert 'starts from scratch' in text
+
+
+RECIPES = [  # (launch script, flags it passes, --dry_run_devices, --dry_run_processes)
+    ('tpu_pod.sh', {}, 256, 32),
+    ('slurm_gpu.sbatch', {'grad_accum_steps': 4}, 32, 32),
+    ('multi_gpu.sh', {'grad_accum_steps': 16}, 8, 1),
+]
+
+
+@pytest.mark.parametrize('name,overrides,devices,processes', RECIPES)
+def test_every_launch_recipe_passes_the_dry_run(name, overrides, devices, processes, tmp_path):
+  text = (REPO / 'scripts' / 'launch' / name).read_text()
+  assert 'configs/nfnet.py:F0' in text
+  assert f'--dry_run_devices={devices} --dry_run_processes={processes}' in text
+  for key, value in overrides.items():
+    assert f'--config.{key}={value}' in text
+  config = nfnet.get_config('F0')
+  config.update(overrides)
+  report = dry_run.dry_run(config, str(tmp_path), devices=devices, processes=processes,
+                           compile_step=False)   # the F0 compile is the slow test above
+  assert report['per_device_batch'] * devices * report['grad_accum_steps'] == 4096

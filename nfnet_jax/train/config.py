@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpoints = True            # write checkpoints while training goes on
   c.device_prefetch = 2                 # batches copied to the devices ahead of the step
+  c.tensorboard = True                  # event files in WORKDIR/tensorboard (and metrics.jsonl)
   c.eval_every_steps = 10000            # and at the end; 0: never during training
   c.seed = 0
   return c
@@ -155,6 +156,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
          '(0: no evaluation during training).')
   _check(isinstance(config.device_prefetch, int) and config.device_prefetch >= 0,
          f'config.device_prefetch={config.device_prefetch!r} must be an integer >= 0 (0: none).')
+  _check(isinstance(config.tensorboard, bool),
+         f'config.tensorboard={config.tensorboard!r} must be True or False.')
   _check(isinstance(config.async_checkpoints, bool),
          f'config.async_checkpoints={config.async_checkpoints!r} must be True or False.')
   _check(config.eval_preprocess in ('resize_crop_32', 'crop_resize'),

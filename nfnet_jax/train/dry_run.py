@@ -91,8 +91,11 @@ def _memory(compiled) -> dict:
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str, *, devices: int, processes: int,
-            memory_gb: float | None = None) -> dict:
+            memory_gb: float | None = None, compile_step: bool = True) -> dict:
   """Validates `config` for `devices` over `processes` and compiles one per-device train step.
+
+  compile_step=False only traces and lowers the step (seconds instead of a compile; no memory
+  estimate).
 
   Returns a report dict (see `format_report`). Raises config_lib.ConfigError with a one-line
   reason when the config cannot run on that topology, or (given memory_gb) does not fit.
@@ -136,9 +139,9 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, *, devices: int, pr
   p_step = jax.pmap(train_step, axis_name=step_lib.AXIS, donate_argnums=(0,),
                     devices=jax.local_devices()[:1])
   t0 = time.perf_counter()
-  compiled = p_step.lower(jax.tree.map(one, state), batch).compile()
+  lowered = p_step.lower(jax.tree.map(one, state), batch)
+  memory = _memory(lowered.compile()) if compile_step else {}
   compile_s = time.perf_counter() - t0
-  memory = _memory(compiled)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   report = {
       'model': c.model, 'num_params': num_params, 'dataset': info.name,
@@ -153,7 +156,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, *, devices: int, pr
       'checkpoint_dir': checkpoints.checkpoint_dir(workdir), 'resume_step': resume,
       'compile_s': compile_s, 'backend': jax.default_backend(), 'memory': memory, 'notes': notes,
   }
-  if memory_gb is not None:
+  if memory_gb is not None and compile_step:
     check_fits(report, memory_gb)
   return report
 
@@ -189,6 +192,9 @@ def format_report(r: dict) -> str:
         f'peak {gib(m["peak_bytes"])} = arguments {gib(m["argument_size_in_bytes"])} + outputs '
         f'{gib(m["output_size_in_bytes"])} - aliased {gib(m["alias_size_in_bytes"])} + temporaries '
         f'{gib(m["temp_size_in_bytes"])}; compiled in {r["compile_s"]:.0f} s')
+  else:
+    lines.append(f'  the step traced and lowered in {r["compile_s"]:.0f} s (not compiled: no memory '
+                 'estimate)')
   lines += [f'  data_dir: {r["data_dir"] or "(tfds default)"}',
             f'  workdir: {r["workdir"]} (checkpoints in {r["checkpoint_dir"]}; '
             + (f'would resume from step {r["resume_step"]})' if r['resume_step'] is not None

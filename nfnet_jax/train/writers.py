@@ -1,4 +1,8 @@
-"""Metric writers: TensorBoard event files (tf.summary) and metrics.jsonl in the workdir."""
+"""Metric writers: TensorBoard event files (tf.summary) and metrics.jsonl in the workdir.
+
+TensorBoard files are written by TensorFlow's own filesystems (local, gs://, ram://, ...);
+metrics.jsonl goes through nfnet_jax.paths.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +20,15 @@ class MetricWriter:
   Only process 0 should write; other processes get a writer with enabled=False.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
     self._summary = None
     if not enabled:
       return
     paths.makedirs(workdir)
     self._jsonl_path = paths.join(workdir, 'metrics.jsonl')
+    if not tensorboard:
+      return
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
     self._tf = tf
@@ -36,11 +42,12 @@ class MetricWriter:
     if not self.enabled:
       return
     values = {f'{prefix}{k}': float(np.asarray(v)) for k, v in scalars.items()}
-    with self._summary.as_default():
-      for name, value in values.items():
-        self._tf.summary.write(name, self._tf.constant(value, self._tf.float32), step=step,
-                               metadata=self._metadata)
-    self._summary.flush()
+    if self._summary is not None:
+      with self._summary.as_default():
+        for name, value in values.items():
+          self._tf.summary.write(name, self._tf.constant(value, self._tf.float32), step=step,
+                                 metadata=self._metadata)
+      self._summary.flush()
     paths.append_text(self._jsonl_path, json.dumps({'step': int(step), **values}) + '\n')
 
   def close(self) -> None:
