@@ -78,6 +78,7 @@ RECIPES = [  # (launch script, flags it passes, --dry_run_devices, --dry_run_pro
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,overrides,devices,processes', RECIPES)
 def test_every_launch_recipe_passes_the_dry_run(name, overrides, devices, processes, tmp_path):
   text = (REPO / 'scripts' / 'launch' / name).read_text()
