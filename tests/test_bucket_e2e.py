@@ -78,7 +78,7 @@ def script(env, name, *args, timeout=1200):
 def restore_params(env, workdir):
   code = ('import sys, pickle; from nfnet_jax.train import checkpoints; '
           'c = checkpoints.Checkpointer(sys.argv[1], read_only=True); s = c.restore_raw(); '
-          'sys.stdout.buffer.write(pickle.dumps({k: s[k] for k in ("step", "params", "ema_params")}))')
+          'c.close(); sys.stdout.buffer.write(pickle.dumps({k: s[k] for k in ("step", "params", "ema_params")}))')
   proc = subprocess.run([sys.executable, '-c', code, workdir], cwd=REPO, env=env, capture_output=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr.decode()
@@ -88,7 +88,7 @@ def restore_params(env, workdir):
 
 def checkpoint_steps(env, workdir):
   code = ('import sys; from nfnet_jax.train import checkpoints; '
-          'print(checkpoints.Checkpointer(sys.argv[1], read_only=True).all_steps())')
+          'c = checkpoints.Checkpointer(sys.argv[1], read_only=True); print(c.all_steps()); c.close()')
   out = subprocess.run([sys.executable, '-c', code, workdir], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
   return eval(out.stdout.strip() or '[]')  # pylint: disable=eval-used
@@ -107,7 +107,6 @@ def test_train_sigterm_resume_export_evaluate_classify_on_a_bucket(gcs, tmp_path
   deadline = time.time() + 900
   while not checkpoint_steps(env, run):
     assert proc.poll() is None and time.time() < deadline, (tmp_path / 'train.log').read_text()
-    time.sleep(1)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=600) == 0, (tmp_path / 'train.log').read_text()
   text = (tmp_path / 'train.log').read_text()
