@@ -10,6 +10,7 @@ appears whole when its upload completes.
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import re
@@ -163,3 +164,12 @@ def remove(path: str) -> None:
     _gfile().remove(path)
   else:
     _epath(path).unlink()
+
+
+def write_figure(path: str, fig, **savefig_kwargs) -> None:
+  """Saves a matplotlib figure to `path` (format from its extension) atomically, then closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format=basename(path).rsplit('.', 1)[-1], **savefig_kwargs)
+  plt.close(fig)
+  write_bytes(path, buffer.getvalue())

@@ -188,10 +188,7 @@ def plot(records: Sequence[Mapping], path: str, *, title: Optional[str] = None,
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format=path.rsplit('.', 1)[-1], dpi=90)
-  plt.close(fig)
-  paths_lib.write_bytes(path, buffer.getvalue())
+  paths_lib.write_figure(path, fig, dpi=90)
   return path
 
 
