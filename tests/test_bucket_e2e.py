@@ -104,11 +104,15 @@ def test_train_sigterm_resume_export_evaluate_classify_on_a_bucket(gcs, tmp_path
   log = open(tmp_path / 'train.log', 'w')
   proc = subprocess.Popen([sys.executable, 'scripts/train.py', *FLAGS, f'--workdir={run}'],
                           cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-  deadline = time.time() + 900
-  while not checkpoint_steps(env, run):
-    assert proc.poll() is None and time.time() < deadline, (tmp_path / 'train.log').read_text()
-  proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=600) == 0, (tmp_path / 'train.log').read_text()
+  try:
+    deadline = time.time() + 900
+    while not checkpoint_steps(env, run):
+      assert proc.poll() is None and time.time() < deadline, (tmp_path / 'train.log').read_text()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=600) == 0, (tmp_path / 'train.log').read_text()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
   text = (tmp_path / 'train.log').read_text()
   assert 'SIGTERM: saved the checkpoint at step' in text, text
   stopped = checkpoint_steps(env, run)[-1]

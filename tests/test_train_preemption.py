@@ -40,13 +40,18 @@ def test_sigterm_to_one_host_makes_every_host_save_the_same_step(tmp_path):
                              f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
                              f'--process_id={i}'], cwd=REPO, env=env, stdout=open(logs[i], 'w'),
                             stderr=subprocess.STDOUT) for i in range(2)]
-  deadline = time.time() + 900
-  while not steps(workdir):
-    assert all(p.poll() is None for p in procs) and time.time() < deadline, logs[0].read_text()
-    time.sleep(0.2)
-  procs[1].send_signal(signal.SIGTERM)   # only the second host is told
-  for proc, log in zip(procs, logs):
-    assert proc.wait(timeout=600) == 0, log.read_text()
+  try:
+    deadline = time.time() + 1200
+    while not steps(workdir):
+      assert all(p.poll() is None for p in procs) and time.time() < deadline, logs[0].read_text()
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)   # only the second host is told
+    for proc, log in zip(procs, logs):
+      assert proc.wait(timeout=600) == 0, log.read_text()
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
   text = logs[0].read_text()
   assert 'SIGTERM: saved the checkpoint at step' in text, text
   saved = int(text.split('saved the checkpoint at step ')[1].split()[0])
