@@ -36,6 +36,7 @@ from nfnet_jax import evaluate as eval_lib
 from nfnet_jax import extras
 from nfnet_jax import models
 from nfnet_jax import optim
+from nfnet_jax import paths
 from nfnet_jax.train.state import init_state
 from nfnet_jax.train.step import make_train_step, pmap_train_step
 
@@ -327,7 +328,6 @@ def _config(config) -> ml_collections.ConfigDict:
 
 def _run_all(c, specs, out_dir, stem, plot_fn, printer) -> dict:
   info = data_lib.get_info(c.dataset, c.data_dir)
-  os.makedirs(out_dir, exist_ok=True)
   n = info.splits[info.train_split]
   work = [int(c.steps) * s.batch_size for s in specs]
   wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -371,10 +371,8 @@ def _run_all(c, specs, out_dir, stem, plot_fn, printer) -> dict:
       'jax_backend': jax.default_backend(),
   }
   summary['config']['model_kwargs']['depth'] = list(c.model_kwargs.depth)
-  with open(os.path.join(out_dir, f'{stem}.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
-    f.write('\n')
-  plot_fn(summary, os.path.join(out_dir, f'{stem}.png'))
+  paths.write_text(paths.join(out_dir, f'{stem}.json'), json.dumps(summary, indent=2) + '\n')
+  plot_fn(summary, paths.join(out_dir, f'{stem}.png'))
   printer(f'wrote {out_dir}/{stem}.json and {out_dir}/{stem}.png '
           f'({summary["wall_s"]:.0f}s wall, {summary["cpu_s"]:.0f}s CPU)')
   return summary
@@ -479,8 +477,7 @@ def plot(summary: dict, path: str) -> None:
                f'{tuple(c["model_kwargs"]["depth"])} width {c["model_kwargs"]["width"]}, '
                f'{c["steps"]} steps at every batch size, one device per run', fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  paths.write_figure(path, fig, dpi=110)
 
 
 def plot_batch_sweep(summary: dict, path: str) -> None:
@@ -514,5 +511,4 @@ def plot_batch_sweep(summary: dict, path: str) -> None:
                f'{tuple(c["model_kwargs"]["depth"])} width {c["model_kwargs"]["width"]}, '
                f'one device per run', fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  paths.write_figure(path, fig, dpi=110)

@@ -264,6 +264,49 @@ def input_pipeline(dataset: str, *, data_dir: Optional[str], batch_size: int, im
           "images_per_s_best": batch_size / timing["min_s"]}
 
 
+def checkpoint_stall(cfg: StepConfig, workdir: str, *, saves: int = 3, between: int = 4) -> dict:
+  """The step-time hiccup of a checkpoint save, synchronous against asynchronous, in one process.
+
+  Runs the trainer's step and, every ``between`` steps, saves the state with
+  ``train.checkpoints.Checkpointer`` alternately waiting for the write (sync) and not (async).
+  Reports each mode's time of the step that saved and of the step after it, over the median of
+  the steps that did not save.
+  """
+  from nfnet_jax.train import checkpoints  # local: orbax is only needed here
+
+  compiled, state, batch, _ = _compiled_train_step(cfg)
+  first = lambda tree: jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+  modes = {'sync': [], 'async': []}
+  plain = []
+  ckpt = checkpoints.Checkpointer(workdir, keep=2, async_save=True)
+  mode_after = None
+  for _ in range(2):  # warm-up
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  for i in range(1, 2 * saves * between + 1):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    mode = None
+    if i % between == 0:
+      mode = 'sync' if (i // between) % 2 else 'async'
+      ckpt.save(first(state), {}, wait=mode == 'sync')
+    elapsed = time.perf_counter() - start
+    if mode:
+      modes[mode].append([elapsed])
+    elif mode_after:
+      modes[mode_after][-1].append(elapsed)
+    else:
+      plain.append(elapsed)
+    mode_after = mode
+  ckpt.close()
+  median = statistics.median(plain)
+  return {"kind": "checkpoint", **dataclasses.asdict(cfg), "median_step_s": median,
+          "state_mib": sum(np.asarray(x).nbytes for x in jax.tree.leaves(first(state))) / 2**20,
+          **{f"{m}_save_step_ratio": [t[0] / median for t in v] for m, v in modes.items()},
+          **{f"{m}_next_step_ratio": [t[1] / median for t in v if len(t) > 1] for m, v in modes.items()}}
+
+
 def agc_share(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 10) -> dict:
   """AGC's share of a train step: the full step against the same step with AGC switched off.
 
@@ -313,6 +356,14 @@ def format_table(results: Sequence[dict], matmul: dict) -> str:
       lines.append(f"{'compile':<6} {r['model']:<16} {setting:<34} {'-':>9} {'-':>8} {'-':>7} {'-':>6} "
                    f"{r['compile_s']:>9.1f} {_memory_columns(mem)}")
       continue
+    if r["kind"] == "checkpoint":
+      ratios = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
+      lines.append(f"checkpoint {r['model']} b{r['batch_size']} {r['image_size']}px: step "
+                   f"{r['median_step_s']:.3f} s, state {r['state_mib']:.0f} MiB; step with a save / "
+                   f"median step: sync {ratios(r['sync_save_step_ratio'])}, async "
+                   f"{ratios(r['async_save_step_ratio'])}; the step after: sync "
+                   f"{ratios(r['sync_next_step_ratio'])}, async {ratios(r['async_next_step_ratio'])}")
+      continue
     if r["kind"] == "input":
       setting = f"b{r['batch_size']} {r['image_size']}px {r['augment']}"
       lines.append(f"{'input':<6} {r['dataset']:<16} {setting:<34} {r['median_s']:>9.4f} {r['min_s']:>8.4f} "
@@ -334,7 +385,7 @@ def format_table(results: Sequence[dict], matmul: dict) -> str:
   return "\n".join(lines)
 
 
-SUITES = ("train", "compile", "eval", "agc", "input")
+SUITES = ("train", "compile", "eval", "agc", "input", "checkpoint")
 
 
 def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: int = 8, image_size: int = 128,
@@ -368,6 +419,11 @@ def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: in
       if kind == "input":
         continue
       log(f"{kind}: {cfg.model} {cfg.model_kwargs or ''} ...")
+      if kind == "checkpoint":
+        import tempfile  # pylint: disable=import-outside-toplevel
+        with tempfile.TemporaryDirectory() as workdir:
+          results.append(checkpoint_stall(cfg, workdir))
+        continue
       fn = {"train": train_step, "compile": compile_train_step, "eval": eval_step, "agc": agc_share}[kind]
       results.append(fn(cfg, matmul, warmup=warmup, steps=steps))
   if "input" in what:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from typing import Any, Callable, Iterator
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from nfnet_jax import data as data_lib
 from nfnet_jax import extras
+from nfnet_jax import paths
 
 ml_collections = extras.require('ml_collections', 'evaluation sets (nfnet_jax.evals)')
 
@@ -95,8 +95,7 @@ def _how(dataset: str) -> str:
 def load_real_labels(path: str, num_examples: int, num_classes: int) -> np.ndarray:
   """The ReaL JSON as a [num_examples, num_classes] bool table; its length must match the split."""
   try:
-    with open(os.path.expanduser(path)) as f:
-      lists = json.load(f)
+    lists = json.loads(paths.read_text(path))
   except (OSError, json.JSONDecodeError) as e:
     raise EvalSetError(f'real_labels={path!r} cannot be read as JSON: {e}') from None
   if not isinstance(lists, list) or not all(isinstance(x, list) for x in lists):
@@ -204,19 +203,17 @@ def batches(eval_set: EvalSet, **iterator_kwargs) -> Iterator[dict]:
 
 def write_predictions(path: str, preds: dict, *, multi_label: bool) -> None:
   """One JSON object per example in split order: index, file, label (int or ReaL list), top5, top5_prob."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    for i in range(len(preds['index'])):
-      row: dict[str, Any] = {'index': int(preds['index'][i])}
-      if 'file' in preds:
-        row['file'] = preds['file'][i]
-      row['label'] = (np.flatnonzero(preds['label_set'][i]).tolist() if multi_label
-                      else int(preds['labels'][i]))
-      row['top5'] = preds['top5'][i].tolist()
-      row['top5_prob'] = [round(float(p), 6) for p in preds['top5_prob'][i]]
-      f.write(json.dumps(row) + '\n')
-  os.replace(tmp, path)
+  lines = []
+  for i in range(len(preds['index'])):
+    row: dict[str, Any] = {'index': int(preds['index'][i])}
+    if 'file' in preds:
+      row['file'] = preds['file'][i]
+    row['label'] = (np.flatnonzero(preds['label_set'][i]).tolist() if multi_label
+                    else int(preds['labels'][i]))
+    row['top5'] = preds['top5'][i].tolist()
+    row['top5_prob'] = [round(float(p), 6) for p in preds['top5_prob'][i]]
+    lines.append(json.dumps(row) + '\n')
+  paths.write_text(path, ''.join(lines))
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -231,11 +228,11 @@ def write_per_class(prefix: str, preds: dict, num_classes: int, class_names: lis
   m = confusion_matrix(preds['labels'], preds['top5'][:, 0], num_classes)
   names = class_names or [str(i) for i in range(num_classes)]
   csv_path, png_path = prefix + '.per_class.csv', prefix + '.confusion.png'
-  with open(csv_path, 'w') as f:
-    f.write('class,name,examples,correct,top1\n')
-    for c in range(num_classes):
-      n, k = int(m[c].sum()), int(m[c, c])
-      f.write(f'{c},{names[c]},{n},{k},{k / n if n else float("nan"):.4f}\n')
+  rows = ['class,name,examples,correct,top1\n']
+  for c in range(num_classes):
+    n, k = int(m[c].sum()), int(m[c, c])
+    rows.append(f'{c},{names[c]},{n},{k},{k / n if n else float("nan"):.4f}\n')
+  paths.write_text(csv_path, ''.join(rows))
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -249,8 +246,7 @@ def write_per_class(prefix: str, preds: dict, num_classes: int, class_names: lis
     ax.set_yticks(range(num_classes), names)
   ax.set_title(f'confusion matrix ({int(m.sum())} examples)')
   fig.tight_layout()
-  fig.savefig(png_path, dpi=100)
-  plt.close(fig)
+  paths.write_figure(png_path, fig, dpi=100)
   return {'per_class': csv_path, 'confusion_matrix': png_path}
 
 
@@ -279,5 +275,4 @@ def plot_sweep(path: str, rows: list[dict], title: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  paths.write_figure(path, fig, dpi=100)

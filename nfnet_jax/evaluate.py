@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nfnet_jax import data as data_lib
 from nfnet_jax import evals as evals_lib
+from nfnet_jax import paths as paths_lib
 from nfnet_jax.train import build as build_lib
 from nfnet_jax.train import checkpoints
 from nfnet_jax.train import config as config_lib
@@ -215,10 +216,7 @@ def write_json(result: dict, *paths: str | None) -> None:
     return
   for path in paths:
     if path:
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-      with open(path, 'w') as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-        f.write('\n')
+      paths_lib.write_text(path, json.dumps(result, indent=2, sort_keys=True) + '\n')
 
 
 def resolve_eval_sets(run: config_lib.Run, names: list[str] | None = None, *,
@@ -332,15 +330,13 @@ def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None =
         for w, m in scores[s.name].items():
           row[f'{s.name.split("@")[0]}/{w}'] = m['top1']
       rows.append(row)
-    stem = (out[:-len('.json')] if out.endswith('.json') else out) if out else os.path.join(workdir, 'eval')
+    stem = (out[:-len('.json')] if out.endswith('.json') else out) if out else paths_lib.join(workdir, 'eval')
     result['sweep'] = {'table': evals_lib.sweep_table(rows), 'text': stem + '_sweep.txt',
                        'plot': stem + '_sweep.png'}
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-      with open(stem + '_sweep.txt', 'w') as f:
-        f.write(result['sweep']['table'] + '\n')
+      paths_lib.write_text(stem + '_sweep.txt', result['sweep']['table'] + '\n')
       evals_lib.plot_sweep(stem + '_sweep.png', rows, f'{config.model}: top-1 by test size')
-  write_json(result, out, os.path.join(workdir, 'eval.json') if workdir else None)
+  write_json(result, out, paths_lib.join(workdir, 'eval.json') if workdir else None)
   return result
 
 
@@ -415,8 +411,7 @@ def _load_image(path: str, image_size: int):
   """The evaluation view of one image file; raises ValueError saying why it cannot be read."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from nfnet_jax.data import preprocessing  # pylint: disable=import-outside-toplevel
-  with open(path, 'rb') as f:
-    data = f.read()
+  data = paths_lib.read_bytes(path)
   kind = next((k for magic, k in _IMAGE_MAGIC if data.startswith(magic)), None)
   if kind not in DECODABLE:
     raise ValueError(f'unsupported image format {kind or "(unknown, first bytes " + repr(data[:4]) + ")"}; '

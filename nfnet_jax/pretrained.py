@@ -13,13 +13,13 @@ import errno
 import io
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
+from nfnet_jax import paths
 from nfnet_jax.interop import timm as timm_interop
 
 Params = dict  # {module_path: {param_name: np.ndarray}}
@@ -121,9 +121,8 @@ def _validate(tree: Any, source: str) -> Params:
 
 
 def _read(path: Union[str, os.PathLike]) -> Params:
-  with open(path, "rb") as f:
-    data = f.read()
   source = os.fspath(path)
+  data = paths.read_bytes(source)
   if data.startswith(_ZIP_MAGIC):
     try:
       with np.load(io.BytesIO(data), allow_pickle=False) as npz:
@@ -234,20 +233,11 @@ def save(path: Union[str, os.PathLike], params: Mapping[str, Mapping[str, Any]])
         raise ValueError(f"param name {name!r} in {module!r} contains '/', so it could not be read back.")
       flat[f"{module}/{name}"] = np.asarray(value)
   path = os.fspath(path)
-  check_writable(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **flat)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file gets the usual mode
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  if not paths.is_url(path):
+    check_writable(path)
+  buffer = io.BytesIO()
+  np.savez(buffer, **flat)
+  paths.write_bytes(path, buffer.getvalue())
 
 
 def convert(path: Union[str, os.PathLike], out: Union[str, os.PathLike], *, model: str, to: str) -> str:

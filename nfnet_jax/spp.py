@@ -16,8 +16,8 @@ import ast
 import csv
 import dataclasses
 import inspect
+import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from nfnet_jax import extras
 from nfnet_jax import models
+from nfnet_jax import paths as paths_lib
 
 STAT_KEYS = ('avg_sq_mean', 'avg_var', 'res_avg_var')
 _TITLES = {'avg_sq_mean': 'Average squared channel mean',
@@ -188,9 +189,7 @@ def plot(records: Sequence[Mapping], path: str, *, title: Optional[str] = None,
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  paths_lib.write_figure(path, fig, dpi=90)
   return path
 
 
@@ -198,19 +197,18 @@ def save(records: Sequence[Mapping], out_dir: str, *, name: str = 'spp',
          meta: Optional[Mapping] = None, title: Optional[str] = None,
          yscale: str = 'linear') -> dict[str, str]:
   """Writes NAME.png, NAME.json ({'meta', 'models': records}) and NAME.csv (one row per block)."""
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {ext: os.path.join(out_dir, f'{name}.{ext}') for ext in ('png', 'json', 'csv')}
+  paths = {ext: paths_lib.join(out_dir, f'{name}.{ext}') for ext in ('png', 'json', 'csv')}
   plot(records, paths['png'], title=title, yscale=yscale)
-  with open(paths['json'], 'w') as f:
-    json.dump({'meta': dict(meta or {}), 'models': list(records)}, f, indent=1)
-    f.write('\n')
-  with open(paths['csv'], 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['label', 'model', 'block', 'transition', *STAT_KEYS])
-    for rec in records:
-      for j, b in enumerate(rec['block']):
-        writer.writerow([rec['label'], rec['model'], b, int(rec['transition'][j]),
-                         *(repr(rec[k][j]) for k in STAT_KEYS)])
+  paths_lib.write_text(paths['json'], json.dumps(
+      {'meta': dict(meta or {}), 'models': list(records)}, indent=1) + '\n')
+  rows = io.StringIO(newline='')
+  writer = csv.writer(rows)
+  writer.writerow(['label', 'model', 'block', 'transition', *STAT_KEYS])
+  for rec in records:
+    for j, b in enumerate(rec['block']):
+      writer.writerow([rec['label'], rec['model'], b, int(rec['transition'][j]),
+                       *(repr(rec[k][j]) for k in STAT_KEYS)])
+  paths_lib.write_text(paths['csv'], rows.getvalue())
   return paths
 
 

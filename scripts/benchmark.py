@@ -12,12 +12,12 @@ run. On CPU, --devices=N needs XLA_FLAGS=--xla_force_host_platform_device_count=
 """
 
 import json
-import os
 import sys
 
 from absl import app, flags
 
 from nfnet_jax import benchmark, cli
+from nfnet_jax import paths
 
 flags.DEFINE_list('what', ['train'], f'Measurements to run, any of {list(benchmark.SUITES)}.')
 flags.DEFINE_list('models', ['nfnet_f0'], 'Registered model names.')
@@ -61,9 +61,7 @@ def main(argv):
       log=lambda msg: print(msg, file=sys.stderr, flush=True))
   print(benchmark.format_table(summary['results'], summary['matmul']))
   if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, 'w') as f:
-      json.dump(summary, f, indent=2)
+    paths.write_text(FLAGS.out, json.dumps(summary, indent=2))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,8 @@
 """Preparing ImageNet 2012 (ILSVRC2012) with tfds's own `imagenet2012` builder from the official tars."""
 
-import os
 from typing import Callable, Dict
+
+from nfnet_jax import paths
 
 TARS = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
 WHERE_TO_GET = ("ImageNet cannot be downloaded automatically: register at "
@@ -11,8 +12,7 @@ WHERE_TO_GET = ("ImageNet cannot be downloaded automatically: register at "
 
 def missing_tars(manual_dir: str):
   """The official tars that are not in manual_dir, as full paths."""
-  return [os.path.join(manual_dir, f) for f in TARS.values()
-          if not os.path.isfile(os.path.join(manual_dir, f))]
+  return [paths.join(manual_dir, f) for f in TARS.values() if not paths.exists(paths.join(manual_dir, f))]
 
 
 def prepare_imagenet(manual_dir: str, data_dir: str, log: Callable[[str], None] = print) -> Dict[str, int]:
@@ -22,7 +22,7 @@ def prepare_imagenet(manual_dir: str, data_dir: str, log: Callable[[str], None] 
   Raises FileNotFoundError naming any missing tar, where it is expected and where to get it.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  manual_dir, data_dir = os.path.expanduser(manual_dir), os.path.expanduser(data_dir)
+  manual_dir, data_dir = paths.expand(manual_dir), paths.expand(data_dir)
   builder = tfds.builder("imagenet2012", data_dir=data_dir)
   if builder.is_prepared():
     log(f"imagenet2012 is already prepared in {builder.data_dir}; nothing to do.")
@@ -30,7 +30,7 @@ def prepare_imagenet(manual_dir: str, data_dir: str, log: Callable[[str], None] 
   missing = missing_tars(manual_dir)
   if missing:
     raise FileNotFoundError(
-        "Missing " + " and ".join(os.path.basename(m) for m in missing) + ": expected at "
+        "Missing " + " and ".join(paths.basename(m) for m in missing) + ": expected at "
         + ", ".join(missing) + ". " + WHERE_TO_GET)
   log(f"Preparing imagenet2012 from {manual_dir} into {data_dir} (tfds shows progress per split).")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))

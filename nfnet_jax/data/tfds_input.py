@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from nfnet_jax import extras
+from nfnet_jax import paths
 from nfnet_jax.data import layout as layout_lib
 from nfnet_jax.data import preprocessing
 from nfnet_jax.data.info import BadDataError, DatasetInfo
@@ -27,7 +28,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _data_dir(data_dir):
-  return os.path.expanduser(data_dir) if data_dir else None
+  return paths.expand(data_dir) if data_dir else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,10 +72,22 @@ def get_info(name: str, data_dir: Optional[str] = None) -> DatasetInfo:
                      label_set_key=label_set_key, is_jpeg=(fmt == "jpeg"))
 
 
+def _usable_cpus() -> int:
+  """CPUs this process may run on (taskset / cgroup cpusets), not the machine's count."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
 def _options(deterministic: bool):
+  """tf.data knobs (README, "Input throughput" gives the reasons)."""
   options = tf.data.Options()
   options.deterministic = deterministic
-  options.threading.private_threadpool_size = max(os.cpu_count() or 1, 2)
+  # A pool of its own, sized to the CPUs we may use, so the pipeline never waits on TF's
+  # inter-op pool that the train step's host work (and JAX's) also use.
+  options.threading.private_threadpool_size = max(_usable_cpus(), 2)
+  # One thread per element: parallelism comes from many images in flight, not within one op.
   options.threading.max_intra_op_parallelism = 1
   options.experimental_optimization.map_parallelization = True
   options.experimental_optimization.parallel_batch = True

@@ -2,7 +2,9 @@
 
 Orbax writes each checkpoint into a temporary directory and renames it only once complete, so a
 process killed during a save leaves the previous checkpoint intact; the half-written temporary
-directory is removed the next time the manager opens WORKDIR.
+directory is removed the next time the manager opens WORKDIR. With async_save the write runs in a
+background thread while training goes on; orbax waits for it before starting the next save, so at
+most one save is in flight.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from nfnet_jax import extras
+from nfnet_jax import paths
 from nfnet_jax.train import integrity
 from nfnet_jax.train.state import TrainState
 
@@ -26,7 +29,8 @@ ocp = extras.require('orbax.checkpoint', 'checkpoints (nfnet_jax.train)')
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+  """WORKDIR/checkpoints; a local workdir is made absolute, a URL (gs://...) is kept as it is."""
+  return paths.join(paths.absolute(workdir), 'checkpoints')
 
 
 @contextlib.contextmanager
@@ -48,26 +52,29 @@ class Checkpointer:
   Each save also records a manifest (integrity.manifest: a digest of every array); restoring without
   a step takes the newest checkpoint that reads back intact, naming the ones it skips and (unless
   read-only) moving them to WORKDIR/set_aside/.
+  With async_save the write runs in a background thread while training goes on.
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False,
-               keep_period: int | None = None, log: Callable[[str], None] | None = None):
+               keep_period: int | None = None, async_save: bool = False,
+               log: Callable[[str], None] | None = None):
     integrity.quiet_closed_event_loop()
-    self._workdir, self._read_only = os.path.abspath(workdir), read_only
+    self._workdir, self._read_only = paths.absolute(workdir), read_only
     self._log = log or (lambda m: print(m, file=sys.stderr, flush=True) if jax.process_index() == 0
                         else None)
+    self._pending_step: int | None = None
     with _without_read_only_notice():
       self._manager = ocp.CheckpointManager(
           checkpoint_dir(workdir),
           options=ocp.CheckpointManagerOptions(
               max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
               keep_period=keep_period, create=not read_only, read_only=read_only,
-              cleanup_tmp_directories=not read_only, enable_async_checkpointing=False))
-    if not read_only:  # a folder that cannot be written fails now, not at the first save
-      probe = os.path.join(checkpoint_dir(workdir), '.write_test')
-      with open(probe, 'w'):
-        pass
-      os.remove(probe)
+              cleanup_tmp_directories=not read_only,
+              enable_async_checkpointing=async_save and not read_only))
+    if not read_only and jax.process_index() == 0:  # an unwritable folder fails now, not at a save
+      probe = paths.join(checkpoint_dir(workdir), f'.write_test-{os.getpid()}')
+      paths.write_bytes(probe, b'')
+      paths.remove(probe)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -76,36 +83,53 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def _step_dir(self, step: int) -> str:
-    return os.path.join(checkpoint_dir(self._workdir), str(step))
+    return paths.join(checkpoint_dir(self._workdir), str(step))
 
-  def save(self, state: TrainState, config: dict, *, train_loss: float | None = None) -> None:
+  def save(self, state: TrainState, config: dict, *, train_loss: float | None = None,
+           wait: bool = True) -> None:
     """Saves a host copy of `state` (unreplicated) under its step; every process must call it.
 
     Raises integrity.NonFiniteParamsError (saving nothing) if params are not finite, and an
     OSError naming the cause and path (e.g. ENOSPC) if the write fails; earlier checkpoints stay.
+    wait=False (with async_save) returns once the previous save has finished and this one has
+    started; the host copy it writes is its own, so training may go on at once.
     """
     state = jax.device_get(state)
     step = int(state.step)
-    if step in self._manager.all_steps():
-      return
-    fields = state._asdict()
-    integrity.check_finite(fields, f'not saving the checkpoint at step {step}')
-    manifest = integrity.manifest(fields, train_loss)
-    try:
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
-          manifest=ocp.args.JsonSave(manifest)))
+    if step not in self._manager.all_steps():
+      fields = state._asdict()
+      integrity.check_finite(fields, f'not saving the checkpoint at step {step}')
+      manifest = integrity.manifest(fields, train_loss)
+      with self._reporting_os_errors():
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
+            manifest=ocp.args.JsonSave(manifest)))
+      self._pending_step = step
+    if wait:
+      self.wait()
+
+  def wait(self) -> None:
+    """Blocks until the save in flight (if any) is complete on disk."""
+    with self._reporting_os_errors():
       self._manager.wait_until_finished()
+    self._pending_step = None
+
+  @contextlib.contextmanager
+  def _reporting_os_errors(self):
+    try:
+      yield
     except Exception as e:  # pylint: disable=broad-except
       err = integrity.os_error(e)
       if err is None:
         raise
-      raise OSError(err.errno, f'{err.strerror}: saving the checkpoint at step {step} failed; the '
-                    'checkpoints saved before are intact', err.filename or self._step_dir(step)) from e
+      step = self._pending_step
+      what = f'saving the checkpoint at step {step}' if step is not None else 'saving a checkpoint'
+      raise OSError(err.errno, f'{err.strerror}: {what} failed; the checkpoints saved before are '
+                    'intact', err.filename or checkpoint_dir(self._workdir)) from e
 
   def _restore_one(self, step: int, abstract):
     items = dict(state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore())
-    has_manifest = os.path.isdir(os.path.join(self._step_dir(step), 'manifest'))
+    has_manifest = paths.isdir(paths.join(self._step_dir(step), 'manifest'))
     if has_manifest:
       items['manifest'] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -143,6 +167,10 @@ class Checkpointer:
         set_aside_fn=self._set_aside, agree=self._agree, log=self._log, explicit=step is not None)
     return used, fields, config
 
+  def saving(self) -> bool:
+    """Whether a save is still being written."""
+    return self._manager.is_saving_in_progress()
+
   def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
     """Restores `step` (default: the newest intact checkpoint) into the structure of `target`."""
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
@@ -166,7 +194,7 @@ class Checkpointer:
     result = []
     for step in self.all_steps():
       manifest = None
-      if os.path.isdir(os.path.join(self._step_dir(step), 'manifest')):
+      if paths.isdir(paths.join(self._step_dir(step), 'manifest')):
         try:
           manifest = self._manager.restore(step, args=ocp.args.Composite(
               manifest=ocp.args.JsonRestore()))['manifest']

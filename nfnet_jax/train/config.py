@@ -44,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.keep_every_steps = ml_collections.FieldReference(None, field_type=int)  # also keep every Nth step
+  c.async_checkpoints = True            # write checkpoints while training goes on
+  c.device_prefetch = 2                 # batches copied to the devices ahead of the step
+  c.tensorboard = True                  # event files in WORKDIR/tensorboard (and metrics.jsonl)
   c.eval_every_steps = 10000            # and at the end; 0: never during training
   c.seed = 0
   return c
@@ -110,13 +113,15 @@ def _int_setting(config, key: str, *, minimum: int = 1, optional: bool = False) 
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None,
-             for_training: bool = True) -> Run:
+             for_training: bool = True, info: Any = None) -> Run:
   """Checks `config` against the model, the dataset and the devices; raises ConfigError.
 
   Runs before any compilation, so a bad config costs seconds, not a compile. Every numeric setting
   is checked (0 and negatives are errors; None is the only "default"). With for_training=False
   (evaluation, classification) the training-only settings are not checked: batch size against the
   devices and the training split, augmentation, schedule, logging and checkpoint intervals, seed.
+  `info` (a data.DatasetInfo) stands in for reading the dataset's metadata (the dry run of another
+  machine).
   """
   device_count = jax.device_count() if device_count is None else device_count
   missing = [k for k in base_config().keys() if k not in config]
@@ -131,7 +136,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   except (ValueError, TypeError) as e:
     raise ConfigError(f'config.model_kwargs={config.model_kwargs.to_dict()}: {e}') from None
   try:
-    info = data_lib.get_info(config.dataset, data_dir=config.data_dir)
+    info = info or data_lib.get_info(config.dataset, data_dir=config.data_dir)
   except (ValueError, FileNotFoundError) as e:
     raise ConfigError(f'config.dataset={config.dataset!r}: {e}') from None
 
@@ -184,6 +189,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
            f'config.keep_every_steps={config.keep_every_steps} must be a multiple of '
            f'config.checkpoint_every_steps={config.checkpoint_every_steps} (or None).')
     _int_setting(config, 'eval_every_steps', minimum=0)
+    _int_setting(config, 'device_prefetch', minimum=0)
+    for key in ('tensorboard', 'async_checkpoints'):
+      _check(isinstance(config[key], bool), f'config.{key}={config[key]!r} must be True or False.')
     _check(isinstance(config.seed, int) and 0 <= config.seed < 2**31,
            f'config.seed={config.seed!r} must be an integer in [0, 2**31).')
     try:
@@ -203,7 +211,8 @@ STRUCTURAL_KEYS = ('model', 'model_kwargs', 'dataset', 'image_size', 'bf16', 'op
 # Keys that only say how often to log, save or evaluate, or where data lives: free to change.
 FREE_KEYS = ('data_dir', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
              'keep_every_steps', 'eval_every_steps', 'eval_image_size', 'eval_split',
-             'eval_batch_size', 'eval_preprocess')
+             'eval_batch_size', 'eval_preprocess', 'evals', 'async_checkpoints', 'device_prefetch',
+             'tensorboard')
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:

@@ -12,7 +12,6 @@ import datetime
 import logging
 import os
 import re
-import shutil
 import sys
 from typing import Any, Mapping
 
@@ -20,6 +19,7 @@ import jax
 import numpy as np
 
 from nfnet_jax import extras
+from nfnet_jax import paths
 
 xxhash = extras.require('xxhash', 'checkpoint digests (nfnet_jax.train)')
 
@@ -136,14 +136,13 @@ def root_cause(exc: BaseException) -> str:
 
 def set_aside(step_dir: str, workdir: str, why: str, tag: str) -> str:
   """Moves a checkpoint directory to WORKDIR/set_aside/STEP.TAG (never deleting); returns where."""
-  root = os.path.join(os.path.abspath(workdir), SET_ASIDE)
-  os.makedirs(root, exist_ok=True)
-  dest = os.path.join(root, f'{os.path.basename(step_dir)}.{tag}')
-  if os.path.exists(dest):
+  root = paths.join(paths.absolute(workdir), SET_ASIDE)
+  paths.makedirs(root)
+  dest = paths.join(root, f'{paths.basename(step_dir)}.{tag}')
+  if paths.exists(dest):
     dest += '.' + datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')
-  shutil.move(step_dir, dest)
-  with open(os.path.join(dest, 'WHY.txt'), 'w') as f:
-    f.write(why + '\n')
+  paths.move_tree(step_dir, dest)
+  paths.write_text(paths.join(dest, 'WHY.txt'), why + '\n')
   return dest
 
 
@@ -211,5 +210,5 @@ def restore_intact(restore_one, steps: list[int], *, directory: str, set_aside_f
     skipped.append(step)
   raise DamagedCheckpointError(
       f'every checkpoint in {directory} is damaged (steps {", ".join(map(str, skipped))}; see above'
-      + (f', moved to {os.path.join(os.path.dirname(directory), SET_ASIDE)}' if set_aside_fn else '')
+      + (f', moved to {paths.join(paths.dirname(directory), SET_ASIDE)}' if set_aside_fn else '')
       + '); start a new run in another --workdir or restore a backup.')

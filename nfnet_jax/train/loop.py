@@ -9,7 +9,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
@@ -17,8 +16,10 @@ from nfnet_jax import extras
 from nfnet_jax.train import config as config_lib
 from nfnet_jax.train.build import build, initial_state_fn
 from nfnet_jax.train import lock as lock_lib
-from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
+from nfnet_jax.train import prefetch
+from nfnet_jax.train.checkpoints import Checkpointer
 from nfnet_jax.train.integrity import NonFiniteParamsError
+from nfnet_jax.train.preemption import Preemption
 from nfnet_jax.train.progress import Progress
 from nfnet_jax.train.step import make_train_step, pmap_train_step
 from nfnet_jax.train.writers import MetricWriter
@@ -31,6 +32,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _divergence_message(what: str, workdir: str, checkpointer: Checkpointer) -> str:
+  checkpointer.wait()   # a save still in flight is one of the kept checkpoints
   kept = []
   for step, manifest in checkpointer.kept():
     facts = [f'{k.replace("_", " ")} {manifest[k]:.4g}' for k in ('train_loss', 'param_norm')
@@ -83,7 +85,7 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
   rng = jax.random.PRNGKey(c.seed)
 
   checkpointer = Checkpointer(workdir, keep=c.keep_checkpoints, keep_period=c.keep_every_steps,
-                              log=lambda m: _log(is_main, m))
+                              async_save=c.async_checkpoints, log=lambda m: _log(is_main, m))
   if resume_step is not None:
     try:
       moved = checkpointer.rewind(resume_step)
@@ -114,7 +116,7 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
   except ValueError as e:
     raise config_lib.ConfigError(
         f'config.dataset={c.dataset!r} with config.augment={c.augment!r}: {e}') from None
-  batches = itertools.chain([first_batch], batches)
+  batches = prefetch.to_device(itertools.chain([first_batch], batches), c.device_prefetch)
   eval_sets = eval_lib.resolve_eval_sets(run) if c.eval_every_steps > 0 else []
 
   step = int(state.step)
@@ -132,12 +134,12 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
   p_eval_step = eval_lib.make_eval_step(model, bf16=c.bf16)
   state = eval_lib.replicate(state)
 
-  writer = MetricWriter(workdir, enabled=is_main, start_step=step)
+  writer = MetricWriter(workdir, enabled=is_main, start_step=step, tensorboard=c.tensorboard)
   progress = Progress(run.total_steps, c.batch_size, enabled=is_main)
 
-  def save(state):
+  def save(state, wait):
     try:
-      checkpointer.save(_first_device(state), config_json(c), train_loss=last_loss[0])
+      checkpointer.save(_first_device(state), config_json(c), train_loss=last_loss[0], wait=wait)
     except NonFiniteParamsError as e:
       raise NonFiniteLossError(_divergence_message(str(e), workdir, checkpointer)) from None
 
@@ -159,16 +161,14 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
     pending.clear()
 
   try:
-    with TerminationFlag() as termination:
+    with Preemption(step) as preemption:
       while step < run.total_steps:
         state, metrics = p_train_step(state, next(batches))
         step += 1
         pending.append((step, metrics))
         last = step == run.total_steps
         log_now = step % c.log_every_steps == 0 or last
-        stop = termination.requested
-        if jax.process_count() > 1:  # all hosts must agree before a collective save
-          stop = bool(np.any(multihost_utils.process_allgather(np.array(stop)))) if log_now else False
+        stop = preemption.reached(step, log_now)   # the same step on every host
         save_now = step % c.checkpoint_every_steps == 0 or last or stop
         eval_now = c.eval_every_steps > 0 and (step % c.eval_every_steps == 0 or last)
         if log_now or save_now or eval_now:
@@ -179,8 +179,8 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
           writer.write(step, means, prefix='train/')
           result['train'] = means
           window.clear()
-        if save_now:
-          save(state)
+        if save_now:  # async saves overlap the next steps; the last and a preemption's are waited for
+          save(state, wait=last or stop)
         if eval_now and eval_sets:
           result['eval'] = eval_lib.evaluate_sets(p_eval_step, eval_sets, {
               'params': (state.params, state.model_state),
