@@ -1,8 +1,9 @@
 """One door for every user path: local files, gs:// buckets and other URLs.
 
-Workdirs, data dirs, weights and outputs may be local paths or URLs. Local paths and the schemes
-etils.epath knows (gs://, s3://, az://, hf://; what orbax and tfds use) go through epath; any other
-scheme (TensorFlow's ram://, hdfs://, ...) goes through tf.io.gfile, imported only then. Paths stay
+Workdirs, data dirs, weights and outputs may be local paths or URLs. Local paths use Python's own
+file functions (so the core install needs nothing more); the schemes etils.epath knows (gs://,
+s3://, az://, hf://; what orbax and tfds use) go through epath; any other scheme (TensorFlow's
+ram://, hdfs://, ...) goes through tf.io.gfile. Each is imported only when a path needs it. Paths stay
 strings; a URL is never made absolute, expanded or normalised, so 'gs://b/run' stays 'gs://b/run'.
 Writes are atomic: a local file is written beside its target and renamed over it; a bucket object
 appears whole when its upload completes.
@@ -33,8 +34,8 @@ def is_url(path: str) -> bool:
 
 
 def _gfile():
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  return tf.io.gfile
+  from nfnet_jax import extras  # pylint: disable=import-outside-toplevel
+  return extras.require('tensorflow', "paths of TensorFlow's filesystems (ram://, hdfs://, ...)").io.gfile
 
 
 def _uses_gfile(path: str) -> bool:
@@ -80,11 +81,15 @@ def basename(path: str) -> str:
 
 def exists(path: str) -> bool:
   path = expand(path)
+  if not is_url(path):
+    return os.path.exists(path)
   return _gfile().exists(path) if _uses_gfile(path) else _epath(path).exists()
 
 
 def isdir(path: str) -> bool:
   path = expand(path)
+  if not is_url(path):
+    return os.path.isdir(path)
   return _gfile().isdir(path) if _uses_gfile(path) else _epath(path).is_dir()
 
 
@@ -99,6 +104,8 @@ def makedirs(path: str) -> None:
 
 def listdir(path: str) -> list[str]:
   path = expand(path)
+  if not is_url(path):
+    return sorted(os.listdir(path))
   if _uses_gfile(path):
     return sorted(name.rstrip('/') for name in _gfile().listdir(path))
   return sorted(p.name for p in _epath(path).iterdir())
@@ -107,6 +114,8 @@ def listdir(path: str) -> list[str]:
 def open_file(path: str, mode: str = 'r') -> IO:
   """A file object for reading ('r', 'rb') or writing ('w', 'wb'; not atomic: see write_bytes)."""
   path = expand(path)
+  if not is_url(path):
+    return open(path, mode)  # pylint: disable=unspecified-encoding
   return _gfile().GFile(path, mode) if _uses_gfile(path) else _epath(path).open(mode)
 
 
@@ -161,7 +170,9 @@ def append_text(path: str, text: str) -> None:
 
 def remove(path: str) -> None:
   path = expand(path)
-  if _uses_gfile(path):
+  if not is_url(path):
+    os.remove(path)
+  elif _uses_gfile(path):
     _gfile().remove(path)
   else:
     _epath(path).unlink()

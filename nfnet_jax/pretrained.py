@@ -215,13 +215,9 @@ def load(path: Union[str, os.PathLike], like: Optional[Union[str, Mapping]] = No
 
 
 def check_writable(path: Union[str, os.PathLike]) -> None:
-  """Raises IsADirectoryError / FileNotFoundError (with the path) if `path` cannot be a file written by save."""
-  path = os.fspath(path)
-  if os.path.isdir(path):
-    raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(errno.ENOENT, "No such directory (create it first)", directory)
+  """Raises IsADirectoryError (with the path) if `path` is a folder, which save cannot replace."""
+  if paths.isdir(os.fspath(path)):
+    raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(path))
 
 
 def save(path: Union[str, os.PathLike], params: Mapping[str, Mapping[str, Any]]) -> None:
@@ -233,8 +229,7 @@ def save(path: Union[str, os.PathLike], params: Mapping[str, Mapping[str, Any]])
         raise ValueError(f"param name {name!r} in {module!r} contains '/', so it could not be read back.")
       flat[f"{module}/{name}"] = np.asarray(value)
   path = os.fspath(path)
-  if not paths.is_url(path):
-    check_writable(path)
+  check_writable(path)
   buffer = io.BytesIO()
   np.savez(buffer, **flat)
   paths.write_bytes(path, buffer.getvalue())

@@ -21,12 +21,13 @@ import io
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from nfnet_jax import paths
 
 # Our registry name → timm's model name.
 TIMM_NAMES = {f"nfnet_f{i}": f"dm_nfnet_f{i}" for i in range(7)}
@@ -248,35 +249,33 @@ def is_safetensors(head: bytes) -> bool:
   return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 30
 
 
-def is_torch_zip(path: str | os.PathLike) -> bool:
+def is_torch_zip(data: bytes) -> bool:
   """A PyTorch (>= 1.6) zip checkpoint: a zip archive holding '<name>/data.pkl'."""
-  if not zipfile.is_zipfile(path):
+  if not zipfile.is_zipfile(io.BytesIO(data)):
     return False
-  with zipfile.ZipFile(path) as z:
+  with zipfile.ZipFile(io.BytesIO(data)) as z:
     return any(n.endswith("data.pkl") and n.count("/") == 1 for n in z.namelist())
 
 
 def is_timm_file(path: str | os.PathLike) -> bool:
   """Whether `path` is a safetensors file or a PyTorch zip checkpoint (by content, not name)."""
-  with open(path, "rb") as f:
-    head = f.read(9)
-  return is_safetensors(head) or is_torch_zip(path)
+  data = paths.read_bytes(os.fspath(path))
+  return is_safetensors(data[:9]) or is_torch_zip(data)
 
 
 def read_state_dict(path: str | os.PathLike) -> StateDict:
   """{key: np.ndarray} from a ``.safetensors`` file or a PyTorch zip ``.pth``/``.bin`` state dict."""
   source = os.fspath(path)
-  with open(path, "rb") as f:
-    head = f.read(9)
-  if is_safetensors(head):
-    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  data = paths.read_bytes(source)
+  if is_safetensors(data[:9]):
+    from safetensors.numpy import load  # pylint: disable=import-outside-toplevel
     try:
-      return dict(load_file(source))
+      return dict(load(data))
     except Exception as e:  # malformed header or data
       raise ValueError(f"{source}: cannot read this safetensors file ({e}).") from None
-  if is_torch_zip(path):
-    return _read_torch_zip(source)
-  if head[:1] == b"\x80":
+  if is_torch_zip(data):
+    return _read_torch_zip(data, source)
+  if data[:1] == b"\x80":
     raise ValueError(f"{source}: a pickle, not a zip checkpoint; a legacy (torch < 1.6) file cannot "
                      "be read safely. Re-save it with torch.save(state_dict, f) or as safetensors.")
   raise ValueError(f"{source}: neither a safetensors file nor a PyTorch zip checkpoint.")
@@ -353,8 +352,8 @@ class _TorchUnpickler(pickle.Unpickler):
     return self.storages[key]
 
 
-def _read_torch_zip(source: str) -> StateDict:
-  with zipfile.ZipFile(source) as archive:
+def _read_torch_zip(data: bytes, source: str) -> StateDict:
+  with zipfile.ZipFile(io.BytesIO(data)) as archive:
     pkl = next(n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1)
     prefix = pkl[:-len("data.pkl")]
     if f"{prefix}byteorder" in archive.namelist() and archive.read(f"{prefix}byteorder") != b"little":
@@ -375,17 +374,7 @@ def save_safetensors(path: str | os.PathLike, state: Mapping[str, np.ndarray]) -
   """Writes a state dict as ``.safetensors`` (what timm and torch read), atomically."""
   from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
   data = save({k: np.array(v, order="C") for k, v in state.items()}, metadata={"format": "pt"})
-  path = os.fspath(path)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors",
-                             dir=os.path.dirname(os.path.abspath(path)))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  paths.write_bytes(os.fspath(path), data)
 
 
 __all__ = ["TIMM_NAMES", "IncompatibleStateDictError", "UnsafeCheckpointError", "key_map",

@@ -147,12 +147,16 @@ def set_aside(step_dir: str, workdir: str, why: str, tag: str) -> str:
 
 
 class _DropOrbaxThreadErrors(logging.Filter):
-  """Drops orbax's logged tracebacks of a failed background write; the failure is raised anyway."""
+  """Drops orbax's logged tracebacks of a failed background write (the failure is raised anyway)
+  and its per-save note of how long the next save waited for the previous one."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     message = str(record.msg)
-    return not (('orbax' in record.pathname and 'raised an exception' in message)
-                or (message.startswith('Future exception was never retrieved') and 'OCDBT' in message))
+    return not (('orbax' in record.pathname
+                 and any(m in message for m in ('raised an exception', 'in background save thread',
+                                                'Finalize thread')))
+                or (message.startswith('Future exception was never retrieved') and 'OCDBT' in message)
+                or message.startswith('Waiting for previous save to complete took'))
 
 
 def quiet_closed_event_loop() -> None:
