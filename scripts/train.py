@@ -10,6 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from nfnet_jax import data
 from nfnet_jax import train
 from nfnet_jax.train import distributed
 
@@ -31,7 +32,7 @@ def main(argv):
   except train.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  except train.NonFiniteLossError as e:
+  except (train.NonFiniteLossError, data.BadDataError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 import jax
@@ -12,6 +13,7 @@ import ml_collections
 from nfnet_jax import data as data_lib
 from nfnet_jax import models
 from nfnet_jax import optim
+from nfnet_jax.train import checkpoints
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,6 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.eval_every_steps = 10000            # and at the end; 0: never during training
   c.seed = 0
+  # Fine-tuning (nfnet_jax/train/init_from.py, optim.freeze, data/folder.py).
+  c.init_from = ''                       # params file or run workdir for the step-0 params
+  c.init_from_ema = False                # with a workdir: take its EMA params
+  c.init_head = 'auto'                   # 'auto' | 'reset' | 'keep' (see train/init_from.py)
+  c.trainable = ''                       # comma-separated regexes on 'module/name'; '': all
+  c.folder_val_fraction = 0.1            # 'folder:' datasets without val/: held-out fraction
   return c
 
 
@@ -93,6 +101,30 @@ def _check(cond: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+INIT_HEAD = ('auto', 'reset', 'keep')
+
+
+def _check_init_from(config) -> None:
+  _check(config.init_head in INIT_HEAD,
+         f'config.init_head={config.init_head!r} must be one of {list(INIT_HEAD)}.')
+  _check(isinstance(config.init_from_ema, bool),
+         f'config.init_from_ema={config.init_from_ema!r} must be True or False.')
+  path = config.init_from
+  if not path:
+    return
+  if os.path.isdir(path):
+    _check(os.path.isdir(checkpoints.checkpoint_dir(path)),
+           f'config.init_from={path!r} is a directory without checkpoints/; give a training '
+           "run's workdir or a params file.")
+  else:
+    _check(os.path.isfile(path),
+           f'config.init_from={path!r} does not exist; give a params file (an exported .npz, '
+           "DeepMind's F0_haiku.npz) or a training run's workdir.")
+    _check(not config.init_from_ema,
+           f"config.init_from_ema=True needs a training run's workdir; {path!r} is a params file, "
+           'which holds one set of params.')
+
+
 def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> Run:
   """Checks `config` against the model, the dataset and the devices; raises ConfigError.
 
@@ -111,7 +143,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   except (ValueError, TypeError) as e:
     raise ConfigError(f'config.model_kwargs={config.model_kwargs.to_dict()}: {e}') from None
   try:
-    info = data_lib.get_info(config.dataset, data_dir=config.data_dir)
+    info = data_lib.get_info(config.dataset, data_dir=config.data_dir,
+                             folder_val_fraction=config.folder_val_fraction)
   except (ValueError, FileNotFoundError) as e:
     raise ConfigError(f'config.dataset={config.dataset!r}: {e}') from None
   try:
@@ -169,6 +202,15 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
                  steps_per_epoch=max(1, steps_per_epoch))
   except ValueError as e:
     raise ConfigError(f'config.optimizer: {e}') from None
+  _check_init_from(config)
+  if config.trainable:
+    model = models.create(config.model, num_classes=info.num_classes, **config.model_kwargs.to_dict())
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jax.numpy.float32)
+    try:
+      optim.trainable_mask(jax.eval_shape(model.init, jax.random.PRNGKey(0), images)[0],
+                           config.trainable)
+    except ValueError as e:
+      raise ConfigError(f'config.trainable={config.trainable!r}: {e}') from None
 
   return Run(config=config, spec=spec, info=info, image_size=image_size,
              eval_image_size=eval_image_size, eval_split=eval_split,

@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
 from nfnet_jax.train import config as config_lib
+from nfnet_jax.train import init_from
 from nfnet_jax.train.build import build, initial_state_fn
 from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
 from nfnet_jax.train.progress import Progress
@@ -62,7 +63,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batches = data_lib.train_iterator(
         c.dataset, data_dir=c.data_dir, global_batch_size=c.batch_size, image_size=run.image_size,
         augment=c.augment, seed=c.seed, start_step=resume_step or 0,
-        grad_accum_steps=c.grad_accum_steps, dtype=jnp.bfloat16 if c.bf16 else np.float32)
+        grad_accum_steps=c.grad_accum_steps, dtype=jnp.bfloat16 if c.bf16 else np.float32,
+        folder_val_fraction=c.folder_val_fraction)
     first_batch = next(batches)
   except ValueError as e:
     raise config_lib.ConfigError(
@@ -73,7 +75,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, _ = checkpointer.restore(jax.eval_shape(init_fn, rng), resume_step)
     _log(is_main, f'Resuming from the checkpoint at step {resume_step} in {workdir}.')
   else:
-    state = jax.device_get(init_fn(rng))
+    state = init_from.initial_state(c, init_fn, optimizer, rng, workdir=workdir,
+                                    log=lambda line: _log(is_main, line))
   step = int(state.step)
   num_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.params))
   _log(is_main, f'{c.model}: {num_params:,} params | {c.dataset} | global batch {c.batch_size} = '
@@ -94,11 +97,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def evaluate_now(params, model_state):
     eval_batches = data_lib.eval_iterator(
         c.dataset, data_dir=c.data_dir, split=run.eval_split, global_batch_size=run.eval_batch_size,
-        image_size=run.eval_image_size, preprocess=c.eval_preprocess)
+        image_size=run.eval_image_size, preprocess=c.eval_preprocess,
+        folder_val_fraction=c.folder_val_fraction)
     return eval_lib.evaluate(p_eval_step, params, model_state, eval_batches)
 
   def save(state):
-    checkpointer.save(_first_device(state), config_json(c))
+    checkpointer.save(_first_device(state), dict(config_json(c), class_names=run.info.class_names))
 
   result = {'step': step, 'train': {}, 'eval': {}, 'eval_ema': {}, 'preempted': False}
   pending = []           # (step, device metrics) not yet checked for NaN/Inf
