@@ -4,7 +4,8 @@ NF-ResNet-50's blocks, one per stage, quarter width, at 32x32, with quickstart's
 Nesterov + AGC, lr 0.1 at batch 64, EMA 0.99), on `folder:DIR` written by
 scripts/write_digit_folders.py (by default digits 0-4). The input pipeline is the image-folder
 one (Inception crop + flip), the same the fine-tuning runs use, so only the classes change
-between pretraining and fine-tuning.
+between pretraining and fine-tuning. Evaluation crops the central 87.5% ('crop_resize'):
+DeepMind's 'resize_crop_32' resizes to S+32 = 64 and keeps the central 32, half the digit.
 
   python scripts/write_digit_folders.py --out=data/digits_0_4 --digits=0,1,2,3,4
   python scripts/train.py --config=configs/digits_pretrain.py --workdir=runs/digits_0_4 \
@@ -27,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_epochs = 30.0
   c.image_size = 32
   c.eval_image_size = 32
+  c.eval_preprocess = 'crop_resize'   # resize_crop_32 would keep only the central half at 32 px
   c.augment = 'none'
   c.label_smoothing = 0.1
   c.bf16 = False

@@ -303,6 +303,15 @@ def trainable_mask(params, trainable) -> Any:
       treedef, [any(re.search(p, path) for p in patterns) for path in paths])
 
 
+def describe_trainable(params, trainable) -> str:
+  """One line: how many params (and values) `trainable` selects, e.g. for the training log."""
+  mask = jax.tree.leaves(trainable_mask(params, trainable))
+  sizes = [int(np.size(x)) for x in jax.tree.leaves(params)]
+  chosen = sum(s for s, m in zip(sizes, mask) if m)
+  return (f'trainable {trainable!r}: {sum(mask)} of {len(mask)} params train ({chosen:,} of '
+          f'{sum(sizes):,} values); the others are frozen.')
+
+
 def freeze(transform: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
   """`transform` on the params matching `trainable` (see `trainable_mask`); zero updates and no
   state for the rest. Without patterns, `transform` itself."""
