@@ -3,8 +3,9 @@
 NF-ResNet-50's blocks, one per stage, quarter width, at 32x32, with quickstart's optimizer (SGD
 Nesterov + AGC, lr 0.1 at batch 64, EMA 0.99), on `folder:DIR` written by
 scripts/write_digit_folders.py (by default digits 0-4). The input pipeline is the image-folder
-one (Inception crop + flip), the same the fine-tuning runs use, so only the classes change
-between pretraining and fine-tuning. Evaluation crops the central 87.5% ('crop_resize'):
+one, the same the fine-tuning runs use, so only the classes change between pretraining and
+fine-tuning; augment 'nocrop' (flip only): an Inception crop of 8-100% of a digit that fills the
+frame trains on zoomed-in strokes (pretraining reached 54% on digits 0-4 with it). Evaluation crops the central 87.5% ('crop_resize'):
 DeepMind's 'resize_crop_32' resizes to S+32 = 64 and keeps the central 32, half the digit.
 
   python scripts/write_digit_folders.py --out=data/digits_0_4 --digits=0,1,2,3,4
@@ -29,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.image_size = 32
   c.eval_image_size = 32
   c.eval_preprocess = 'crop_resize'   # resize_crop_32 would keep only the central half at 32 px
-  c.augment = 'none'
+  c.augment = 'nocrop'               # the digit fills the 32 px frame: flip only, no Inception crop
   c.label_smoothing = 0.1
   c.bf16 = False
   c.ema_decay = 0.99

@@ -4,7 +4,7 @@ Both halves are scikit-learn's digits written as PNG class folders (`write_digit
 fixed train/validation split of nfnet_jax.data.digits, 8x8 upsampled bilinearly to 32x32 grey
 PNGs), read through the 'folder:' dataset. One pretraining run on digits 0-4, then for every seed
 two fine-tuning runs on digits 5-9 with the same config (the fine-tuning recipe with the
-pretraining run's network and image sizes), steps and seed: one from the pretrained
+pretraining run's network, image sizes and augmentation), steps and seed: one from the pretrained
 run's EMA params (init_head='reset': the head has the same shape, 5 classes, but they are
 new classes, so 'auto' would keep it), one from random weights. The validation curves
 (top-1 of the raw params, every `eval_every` steps) and the wall time of each run go to JSON and a
@@ -23,7 +23,8 @@ import numpy as np
 from nfnet_jax.data import digits as digits_lib
 
 SPLIT_DIRS = {'train': 'train', 'validation': 'val'}
-NETWORK_KEYS = ('model', 'model_kwargs', 'image_size', 'eval_image_size', 'eval_preprocess', 'bf16')
+NETWORK_KEYS = ('model', 'model_kwargs', 'image_size', 'eval_image_size', 'eval_preprocess', 'augment',
+                'bf16')
 
 
 def write_digit_folders(out: str, digits: Sequence[int], image_size: int = 32) -> dict:
@@ -53,10 +54,14 @@ def eval_curve(workdir: str) -> list[tuple[int, float]]:
 
 def run(pretrain_config, finetune_config, out: str, *, seeds: Sequence[int], steps: int,
         eval_every: int, log: Callable[[str], None] = print) -> dict:
-  """Pretrains once, fine-tunes from it and from scratch per seed; writes OUT/finetune_study.json."""
+  """Pretrains once (or reuses OUT's finished pretraining run), fine-tunes from it and from scratch
+  per seed; writes OUT/finetune_study.json."""
   from nfnet_jax import train  # pylint: disable=import-outside-toplevel
-  if os.path.exists(os.path.join(out, 'runs')):
-    raise FileExistsError(f'{out}/runs exists; choose a new --out so no finished run is reused.')
+  done = [s for s in seeds for start in ('pretrained', 'scratch')
+          if os.path.exists(os.path.join(out, 'runs', f'{start}_seed{s}'))]
+  if done:
+    raise FileExistsError(f'{out}/runs already holds fine-tuning runs of seeds {sorted(set(done))}; '
+                          'choose a new --out (a finished pretraining run there is reused).')
   source, target = os.path.join(out, 'digits_0_4'), os.path.join(out, 'digits_5_9')
   log(f'writing {write_digit_folders(source, range(5))} PNGs of digits 0-4 to {source}')
   log(f'writing {write_digit_folders(target, range(5, 10))} PNGs of digits 5-9 to {target}')
@@ -64,12 +69,12 @@ def run(pretrain_config, finetune_config, out: str, *, seeds: Sequence[int], ste
   pre = pretrain_config.copy_and_resolve_references()
   pre.dataset = f'folder:{source}'
   pre_dir = os.path.join(out, 'runs', 'pretrain_0_4')
+  reused = os.path.isdir(os.path.join(pre_dir, 'checkpoints'))
   t0 = time.time()
   pre_result = train.train_and_evaluate(pre, pre_dir)
   result = {'pretrain': {'workdir': pre_dir, 'steps': pre_result['step'],
-                         'top1': pre_result['eval'].get('top1'),
-                         'top1_ema': pre_result['eval_ema'].get('top1'),
-                         'seconds': time.time() - t0},
+                         'top1': eval_curve(pre_dir)[-1][1],
+                         'seconds': None if reused else time.time() - t0},
             'steps': steps, 'batch_size': finetune_config.batch_size, 'seeds': list(seeds),
             'runs': []}
   for seed in seeds:
@@ -93,16 +98,28 @@ def run(pretrain_config, finetune_config, out: str, *, seeds: Sequence[int], ste
       log(f'{start} seed {seed}: top1 {record["top1"]:.4f} (EMA {record["top1_ema"]:.4f}) after '
           f'{steps} steps, {record["seconds"]:.0f} s')
       result['runs'].append(record)
+      _write(summarize(result), os.path.join(out, 'finetune_study.json'))  # after every run
+  return summarize(result)
+
+
+def summarize(result: dict) -> dict:
+  """Adds mean/min/max over seeds of top1, top1_ema and seconds per start."""
   for start in ('pretrained', 'scratch'):
     runs = [r for r in result['runs'] if r['start'] == start]
-    result[start] = {k: {'mean': float(np.mean([r[k] for r in runs])),
-                         'min': float(np.min([r[k] for r in runs])),
-                         'max': float(np.max([r[k] for r in runs]))}
-                     for k in ('top1', 'top1_ema', 'seconds')}
-  with open(os.path.join(out, 'finetune_study.json'), 'w') as f:
+    if runs:
+      result[start] = {k: {'mean': float(np.mean([r[k] for r in runs])),
+                           'min': float(np.min([r[k] for r in runs])),
+                           'max': float(np.max([r[k] for r in runs]))}
+                       for k in ('top1', 'top1_ema', 'seconds')}
+  return result
+
+
+def _write(result: dict, path: str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
     json.dump(result, f, indent=2)
     f.write('\n')
-  return result
+  os.replace(tmp, path)
 
 
 def plot(result: dict, path: str) -> None:

@@ -129,3 +129,17 @@ def test_per_host_training_batches_are_the_global_batch_and_resume_exactly(tmp_p
   np.testing.assert_array_equal(np.stack(resumed), np.stack(whole[2:]))
   # The first 15 examples are one epoch: every training image (5 per class) once.
   assert list(np.bincount(np.concatenate([w.reshape(-1) for w in whole])[:15])) == [5, 5, 5]
+
+
+def test_nocrop_trains_on_the_whole_image(tmp_path):
+  os.makedirs(tmp_path / 'a')
+  half = np.zeros((16, 16), np.uint8)
+  half[:, 8:] = 240
+  for i in range(4):
+    Image.fromarray(half).save(tmp_path / 'a' / f'{i}.png')
+  batch = next(data_lib.train_iterator(f'folder:{tmp_path}', data_dir=None, global_batch_size=3,
+                                       image_size=16, augment='nocrop', seed=0, local_devices=1,
+                                       folder_val_fraction=0.25))
+  grey = batch['images'][..., 0] * STDDEV_RGB[0] + MEAN_RGB[0]
+  # Both halves are always there (flipped or not), so every image's mean is the file's.
+  np.testing.assert_allclose(grey.mean(axis=(-1, -2)), 120, atol=2)

@@ -183,7 +183,8 @@ def train_iterator(folder: Folder, *, global_batch_size: int, image_size: int, s
   def parse(i):
     encoded = tf.io.read_file(paths_t[i])
     image = _by_format(encoded, lambda jpeg: tf.cast(preprocessing.train_image(
-        encoded, image_size, spec.randaugment_layers, spec.randaugment_magnitude, jpeg), tf.float32))
+        encoded, image_size, spec.randaugment_layers, spec.randaugment_magnitude, jpeg,
+        spec.inception_crop), tf.float32))
     return {"images": preprocessing.normalize(image, tf_dtype), "labels": labels_t[i]}
 
   def finish(batch):
