@@ -17,7 +17,8 @@ defaults, and why:
     toward zero (BiT fine-tunes without it); AGC 0.01 with the final weight unclipped, the recipe
     the weights were trained with (it keeps AGC on every trainable param).
   - augment 'none': Inception crop and flip only, no RandAugment/MixUp/CutMix, which need long
-    schedules to pay off; label smoothing 0.1 as in pretraining.
+    schedules to pay off ('nocrop' drops the crop too, for small images whose object fills the
+    frame); label smoothing 0.1 as in pretraining.
   - the model's own train/test image sizes (the pretrained filters are tuned to that scale);
     for small images set image_size/eval_image_size lower.
   - the variant's dropout, stochastic depth 0.1 (the model default, lighter than ImageNet's 0.25).
