@@ -91,6 +91,7 @@ class StepConfig:
     clipping: AGC clipping threshold; None trains with the same Nesterov SGD without AGC.
     model_kwargs: constructor overrides, e.g. {'remat': True}.
     num_classes: classifier width.
+    sam_rho: SAM's ρ (train only; 0: no SAM); a SAM step runs two forward-backward passes.
   """
   model: str
   batch_size: int = 8
@@ -101,6 +102,7 @@ class StepConfig:
   clipping: Optional[float] = 0.01
   model_kwargs: dict = dataclasses.field(default_factory=dict)
   num_classes: int = 1000
+  sam_rho: float = 0.0
 
   def validate(self) -> None:
     if self.model not in models.available():
@@ -165,7 +167,7 @@ def _compiled_train_step(cfg: StepConfig):
   schedule = optim.create_schedule(opt_config, **schedule_args)
   step_fn = step_lib.make_train_step(model, optimizer, schedule=schedule, num_classes=cfg.num_classes,
                                      label_smoothing=0.1, bf16=cfg.dtype == "bfloat16", ema_decay=0.99999,
-                                     augment="none")
+                                     augment="none", sam_rho=cfg.sam_rho)
   image_shape = (cfg.per_device(), cfg.image_size, cfg.image_size, 3)
   state = jax.jit(lambda rng: state_lib.init_state(model, optimizer, rng, image_shape))(jax.random.PRNGKey(0))
   state = _put(_stack(state, len(devices)), devices)
@@ -182,7 +184,8 @@ def _compiled_train_step(cfg: StepConfig):
 
 def _train_flops(cfg: StepConfig) -> float:
   fwd_macs = flops_lib.count_flops(cfg.model, cfg.image_size, num_classes=cfg.num_classes, **cfg.model_kwargs)
-  return 6.0 * fwd_macs * cfg.batch_size  # 2 FLOPs/MAC x (forward + backward = 3 forwards)
+  passes = 2 if cfg.sam_rho else 1  # SAM: a second forward-backward at the ascended point
+  return 6.0 * fwd_macs * cfg.batch_size * passes  # 2 FLOPs/MAC x (forward + backward = 3 forwards)
 
 
 def compile_train_step(cfg: StepConfig, matmul: Optional[dict] = None, **unused) -> dict:
@@ -318,7 +321,8 @@ def format_table(results: Sequence[dict], matmul: dict) -> str:
     extras = "".join(f" {k}={v}" for k, v in sorted(r["model_kwargs"].items()))
     setting = (f"b{r['batch_size']} {r['image_size']}px {r['dtype']} d{r['num_devices']}"
                + (f" acc{r['grad_accum']}" if r["kind"] == "train" else "")
-               + (" noAGC" if r["kind"] == "train" and r["clipping"] is None else "") + extras)
+               + (" noAGC" if r["kind"] == "train" and r["clipping"] is None else "")
+               + (f" SAM {r['sam_rho']:g}" if r.get("sam_rho") else "") + extras)
     mem = r.get("memory", {})
     lines.append(f"{r['kind']:<6} {r['model']:<16} {setting:<34} {r['median_s']:>9.3f} {r['min_s']:>8.3f} "
                  f"{r['images_per_s']:>7.2f} {100 * r['mfu']:>5.1f}% {r['compile_s']:>9.1f} "
@@ -335,13 +339,15 @@ SUITES = ("train", "compile", "eval", "agc", "input")
 
 def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: int = 8, image_size: int = 128,
               dtype: str = "float32", num_devices: int = 1, grad_accum: int = 1, clipping: Optional[float] = 0.01,
-              remat: Sequence[bool] = (False,), warmup: int = 2, steps: int = 10, matmul_size: int = 2048,
+              remat: Sequence[bool] = (False,), sam_rho: Sequence[float] = (0.0,), warmup: int = 2,
+              steps: int = 10, matmul_size: int = 2048,
               dataset: str = "imagenet2012", data_dir: Optional[str] = None, augment: str = "none",
               log: Callable[[str], None] = print) -> dict:
   """Runs the chosen measurements for every model (and remat setting); returns a JSON-ready dict.
 
   ``remat=True`` passes ``remat=True`` to the model constructor (blocks rematerialised with jax.checkpoint);
-  ``False`` leaves the model's default. ``input`` measures ``nfnet_jax.data.train_iterator`` on ``dataset``.
+  ``False`` leaves the model's default. Each ``sam_rho`` > 0 adds train steps with SAM (side by side
+  with ``sam_rho=0`` when both are given). ``input`` measures ``nfnet_jax.data.train_iterator`` on ``dataset``.
   """
   unknown = sorted(set(what) - set(SUITES))
   if unknown:
@@ -349,8 +355,9 @@ def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: in
   if steps < 10:
     raise ValueError(f"time at least 10 steps (got steps={steps}) so the median means something.")
   configs = [StepConfig(model=m, batch_size=batch_size, image_size=image_size, dtype=dtype, num_devices=num_devices,
-                        grad_accum=grad_accum, clipping=clipping, model_kwargs={"remat": True} if r else {})
-             for m in model_names for r in remat]
+                        grad_accum=grad_accum, clipping=clipping, model_kwargs={"remat": True} if r else {},
+                        sam_rho=float(rho))
+             for m in model_names for r in remat for rho in sam_rho]
   for cfg in configs:
     cfg.validate()  # every argument error before the first compile
   matmul = matmul_flops_per_s(matmul_size, warmup=warmup, steps=steps)

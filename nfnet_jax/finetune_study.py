@@ -48,8 +48,8 @@ def write_digit_folders(out: str, digits: Sequence[int], image_size: int = 32) -
 def eval_curve(workdir: str) -> list[tuple[int, float]]:
   """(step, validation top-1) of a run, from its metrics.jsonl."""
   from nfnet_jax.train.writers import read_jsonl  # pylint: disable=import-outside-toplevel
-  return [(r['step'], r['eval/top1']) for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-          if 'eval/top1' in r]
+  key = 'eval/val/params/top1'
+  return [(r['step'], r[key]) for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if key in r]
 
 
 def run(pretrain_config, finetune_config, out: str, *, seeds: Sequence[int], steps: int,
@@ -92,9 +92,10 @@ def run(pretrain_config, finetune_config, out: str, *, seeds: Sequence[int], ste
       workdir = os.path.join(out, 'runs', f'{start}_seed{seed}')
       t0 = time.time()
       r = train.train_and_evaluate(c, workdir)
-      record = {'start': start, 'seed': seed, 'top1': r['eval']['top1'],
-                'top1_ema': r['eval_ema']['top1'], 'seconds': time.time() - t0,
-                'curve': eval_curve(workdir), 'num_examples': r['eval']['num_examples']}
+      val = r['eval']['val']
+      record = {'start': start, 'seed': seed, 'top1': val['params']['top1'],
+                'top1_ema': val['ema_params']['top1'], 'seconds': time.time() - t0,
+                'curve': eval_curve(workdir), 'num_examples': val['params']['num_examples']}
       log(f'{start} seed {seed}: top1 {record["top1"]:.4f} (EMA {record["top1_ema"]:.4f}) after '
           f'{steps} steps, {record["seconds"]:.0f} s')
       result['runs'].append(record)

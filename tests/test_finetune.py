@@ -214,7 +214,7 @@ def test_fine_tune_from_an_exported_run_then_resume(tmp_path, capsys):
   result = train.train_and_evaluate(config, work)
   out = capsys.readouterr().out
   assert f'init_from {npz}: loaded' in out and 'reset 2' in out
-  assert result['eval']['num_examples'] == 6 and result['step'] == 4
+  assert result['eval']['val']['params']['num_examples'] == 6 and result['step'] == 4
   exported = pretrained.load(npz)
   np.testing.assert_array_equal(result['state'].params['NF_ResNet/~/initial_conv']['w'],
                                 exported['NF_ResNet/~/initial_conv']['w'])   # frozen and loaded
@@ -230,7 +230,8 @@ def test_fine_tune_from_an_exported_run_then_resume(tmp_path, capsys):
                                 class_names=names, image_size=32, top_k=3)
   assert sorted(n for n, _ in top[0]) == names
   evaluated = eval_lib.evaluate_run(config, workdir=work)
-  assert evaluated['class_names'] == names and evaluated['params']['num_examples'] == 6
+  assert evaluated['class_names'] == names
+  assert evaluated['evals']['val']['params']['num_examples'] == 6
   # A run's workdir with its EMA params is a source too.
   work2 = str(tmp_path / 'fine2')
   train.train_and_evaluate(small_config(init_from=pre, init_from_ema=True, total_steps=2), work2)
