@@ -116,6 +116,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
   bad_step = int(log.split('the training loss became ')[1].split('at step ')[1].split(';')[0])
   steps = finished_steps(tmp_path / 'run')
   assert steps[-1] == bad_step - 1 < TOTAL_STEPS
-  assert f'The last good checkpoint (step {bad_step - 1}) is kept' in log
+  kept = log.split('Kept checkpoints in ')[1].split('. Resume from')[0]
+  assert f'step {bad_step - 1} (train loss' in kept and '--resume_step=STEP' in log
   state = final_params(tmp_path / 'run')
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state['params']))

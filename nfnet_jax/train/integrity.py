@@ -107,7 +107,7 @@ def _chain(exc: BaseException):
   while exc is not None and id(exc) not in seen:
     seen.add(id(exc))
     yield exc
-    exc = exc.__cause__ or exc.__context__
+    exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
 
 
 def os_error(exc: BaseException) -> OSError | None:
