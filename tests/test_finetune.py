@@ -219,16 +219,18 @@ def test_fine_tune_from_an_exported_run_then_resume(tmp_path, capsys):
   np.testing.assert_array_equal(result['state'].params['NF_ResNet/~/initial_conv']['w'],
                                 exported['NF_ResNet/~/initial_conv']['w'])   # frozen and loaded
   # Resuming the fine-tuning run takes its own checkpoint, not init_from.
-  config.total_steps = 6
-  result = train.train_and_evaluate(config, work)
-  assert 'Resuming from the checkpoint at step 4' in capsys.readouterr().out
+  config.total_steps = 6   # a longer schedule: a deliberate change
+  result = train.train_and_evaluate(config, work, allow_config_change=True)
+  out = capsys.readouterr().out
+  assert 'Resuming from the checkpoint at step 4' in out and 'total_steps: 4 -> 6' in out
   assert result['step'] == 6
   # The class names are stored with the run: classify and evaluate print them.
   name, net, params, model_state, names, size = eval_lib.load_classifier(workdir=work)
   assert names == ['paper', 'rock', 'scissors']
   top = eval_lib.classify_files([os.path.join(images, 'rock', '0.jpg')], net, params, model_state,
                                 class_names=names, image_size=32, top_k=3)
-  assert sorted(n for n, _ in top[0]) == names
+  (tops, error), = top
+  assert error is None and sorted(n for n, _ in tops) == names
   evaluated = eval_lib.evaluate_run(config, workdir=work)
   assert evaluated['class_names'] == names
   assert evaluated['evals']['val']['params']['num_examples'] == 6
