@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nfnet_jax import data as data_lib
+from nfnet_jax import precision
 from nfnet_jax.train import build as build_lib
 from nfnet_jax.train import checkpoints
 from nfnet_jax.train import config as config_lib
@@ -25,9 +26,12 @@ from nfnet_jax.train.step import cast_floating, smoothed_cross_entropy, topk_cor
 _SUMS = ('loss', 'top1', 'top5', 'num_examples')
 
 
-def make_eval_step(model, *, bf16: bool = False) -> Callable:
-  """Returns a pmapped fn(params, model_state, batch) -> per-device sums of loss/top1/top5/count."""
-  dtype = jnp.bfloat16 if bf16 else jnp.float32
+def make_eval_step(model, *, bf16: bool = False, cpu_bf16: bool = False) -> Callable:
+  """Returns a pmapped fn(params, model_state, batch) -> per-device sums of loss/top1/top5/count.
+
+  `bf16` computes in bfloat16 except on CPU, where only `cpu_bf16` does (`nfnet_jax.precision`).
+  """
+  dtype = precision.compute_dtype(bf16, cpu_bf16=cpu_bf16)
 
   def eval_step(params, model_state, batch):
     outputs, _ = model.apply(cast_floating(params, dtype), model_state, None,

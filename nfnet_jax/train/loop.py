@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 
 from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
+from nfnet_jax import precision
 from nfnet_jax.train import config as config_lib
 from nfnet_jax.train.build import build, initial_state_fn
 from nfnet_jax.train.checkpoints import Checkpointer, TerminationFlag
@@ -80,6 +81,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
        f'{jax.device_count()} devices x {c.grad_accum_steps} micro-batches x '
        f'{run.per_device_batch} | {run.total_steps} steps ({run.steps_per_epoch} per epoch) | '
        f'{jax.process_count()} process(es)')
+  if precision.note(c.bf16):
+    _log(is_main, precision.note(c.bf16))
 
   train_step = make_train_step(
       model, optimizer, schedule=schedule, num_classes=run.info.num_classes,

@@ -11,6 +11,7 @@ import optax
 from nfnet_jax import agc
 from nfnet_jax import data as data_lib
 from nfnet_jax import optim
+from nfnet_jax import precision
 from nfnet_jax.train.state import TrainState, ema_decay_at, ema_update
 
 AXIS = 'batch'
@@ -38,16 +39,17 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 def make_train_step(model, optimizer: optax.GradientTransformation, *,
                     schedule: optax.Schedule, num_classes: int, label_smoothing: float,
-                    bf16: bool, ema_decay: float, augment: str) -> Callable:
+                    bf16: bool, ema_decay: float, augment: str, cpu_bf16: bool = False) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics), to be pmapped with axis_name='batch'.
 
   batch['images'] is [grad_accum_steps, per_device, H, W, 3] and batch['labels'] is
   [grad_accum_steps, per_device]; gradients are averaged over micro-batches (lax.scan when there are
   several) and then over every device of every host, so the update equals that of one step on the
-  whole global batch.
+  whole global batch. `bf16` computes in bfloat16 where the backend has bf16 kernels and in float32
+  on CPU unless `cpu_bf16` (`nfnet_jax.precision`).
   """
   mix_spec = data_lib.parse_augment(augment)
-  compute_dtype = jnp.bfloat16 if bf16 else jnp.float32
+  compute_dtype = precision.compute_dtype(bf16, cpu_bf16=cpu_bf16)
 
   def loss_fn(params, model_state, rng, images, labels):
     mix_rng, model_rng = jax.random.split(rng)
