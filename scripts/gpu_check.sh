@@ -10,7 +10,8 @@
 # in bf16 at per-device batch 64 and 128 at 192 px against timm with AMP bf16 + channels_last, eager and
 # under torch.compile; eval forward at 256 px (batch 128). Each measurement has its own time limit within
 # a total budget (BUDGET_S, default 285 s), so what finished is kept when one runs long. Without a GPU (CHECK_TINY=1, or no nvidia-smi) it runs the
-# same commands at tiny sizes on the CPU, to test the script.
+# same commands at tiny sizes on the CPU (NF-ResNet-50, or CHECK_MODELS; torch.compile only with
+# CHECK_COMPILED=nhwc_compile), to test the script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,8 +39,8 @@ if [ -z "${CHECK_TINY:-}" ] && command -v nvidia-smi >/dev/null && nvidia-smi -L
   nvidia-smi -L
 else
   echo "no GPU: CPU fallback at tiny sizes (tests the script, not the speed)"
-  SIZE=64; EVAL_SIZE=64; BATCHES="2"; EVAL_BATCH=2; MODELS=(nfnet_f0)
-  EAGER=nchw,nhwc; COMPILED=${CHECK_COMPILED:-nhwc}; LIMIT=300; EVAL_LIMIT=200; COMPILED_LIMIT=300; STEPS=10
+  SIZE=64; EVAL_SIZE=64; BATCHES="2"; EVAL_BATCH=2; MODELS=(${CHECK_MODELS:-nf_resnet50})
+  EAGER=nchw,nhwc; COMPILED=${CHECK_COMPILED:-}; LIMIT=600; EVAL_LIMIT=600; COMPILED_LIMIT=600; STEPS=10
   MATMUL=256; BUDGET_S=${BUDGET_S:-1500}
 fi
 python3 -c "import jax, torch, timm, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'timm', timm.__version__)"
@@ -68,7 +69,7 @@ for model in "${MODELS[@]}"; do
   run "eval_${model}" $EVAL_LIMIT --what=eval --models=$model --batch_size=$EVAL_BATCH --image_size=$EVAL_SIZE \
     --timm_variants=$EAGER
 done
-for batch in $BATCHES; do
+for batch in ${COMPILED:+$BATCHES}; do
   for model in "${MODELS[@]}"; do
     run "train_${model}_b${batch}_compiled" $COMPILED_LIMIT --what=train --models=$model --batch_size=$batch \
       --image_size=$SIZE --timm_variants=$COMPILED

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from nfnet_jax import evaluate, models, optim, precision
 from nfnet_jax.train import init_state, make_train_step
@@ -37,6 +38,7 @@ def _steps(model, **kwargs):
   return jax.device_get(state), jax.pmap(step, axis_name='batch', devices=jax.local_devices()[:1])
 
 
+@pytest.mark.slow  # three train-step compiles
 def test_bf16_request_on_cpu_equals_float32_and_cpu_bf16_rounds_to_bf16():
   rng = np.random.default_rng(0)
   batch = {'images': rng.normal(size=(1, 1, 4, 32, 32, 3)).astype(np.float32),
