@@ -11,7 +11,8 @@ Train F0 (batch 4096 = e.g. 32 devices x 4 micro-batches x 32 images):
   python scripts/train.py --config=configs/nfnet.py:F0 --workdir=runs/nfnet_f0 \
       --config.data_dir=$TFDS_DATA_DIR --config.grad_accum_steps=4
 
-Evaluate the checkpoint it wrote (params and EMA params, at the variant's test size):
+Evaluate the checkpoint it wrote (params and EMA params, at the variant's test size) on ImageNet
+validation, ImageNet-ReaL and ImageNet-V2 (the last two when prepared):
 
   python scripts/evaluate.py --config=configs/nfnet.py:F0 --workdir=runs/nfnet_f0 \
       --config.data_dir=$TFDS_DATA_DIR
@@ -19,6 +20,7 @@ Evaluate the checkpoint it wrote (params and EMA params, at the variant's test s
 
 import ml_collections
 
+from nfnet_jax.evals import imagenet_evals
 from nfnet_jax.train import base_config
 
 VARIANTS = tuple(f'F{i}' for i in range(8)) + tuple(f'F{i}+' for i in range(8))
@@ -55,4 +57,5 @@ def get_config(variant: str = 'F0') -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.eval_every_steps = 5000
+  c.evals = imagenet_evals()     # val; real and v2 when prepared (or evals.real.real_labels=real.json)
   return c

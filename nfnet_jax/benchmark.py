@@ -93,6 +93,7 @@ class StepConfig:
     model_kwargs: constructor overrides, e.g. {'remat': True}.
     num_classes: classifier width.
     cpu_bf16: on CPU compute bfloat16 anyway (XLA:CPU emulates it; see `nfnet_jax.precision`).
+    sam_rho: SAM's ρ (train only; 0: no SAM); a SAM step runs two forward-backward passes.
   """
   model: str
   batch_size: int = 8
@@ -104,6 +105,7 @@ class StepConfig:
   model_kwargs: dict = dataclasses.field(default_factory=dict)
   num_classes: int = 1000
   cpu_bf16: bool = False
+  sam_rho: float = 0.0
 
   def validate(self) -> None:
     if self.model not in models.available():
@@ -173,7 +175,7 @@ def _compiled_train_step(cfg: StepConfig):
   schedule = optim.create_schedule(opt_config, **schedule_args)
   step_fn = step_lib.make_train_step(model, optimizer, schedule=schedule, num_classes=cfg.num_classes,
                                      label_smoothing=0.1, bf16=cfg.dtype == "bfloat16", ema_decay=0.99999,
-                                     augment="none", cpu_bf16=cfg.cpu_bf16)
+                                     augment="none", sam_rho=cfg.sam_rho, cpu_bf16=cfg.cpu_bf16)
   image_shape = (cfg.per_device(), cfg.image_size, cfg.image_size, 3)
   state = jax.jit(lambda rng: state_lib.init_state(model, optimizer, rng, image_shape))(jax.random.PRNGKey(0))
   state = _put(_stack(state, len(devices)), devices)
@@ -190,7 +192,8 @@ def _compiled_train_step(cfg: StepConfig):
 
 def _train_flops(cfg: StepConfig) -> float:
   fwd_macs = flops_lib.count_flops(cfg.model, cfg.image_size, num_classes=cfg.num_classes, **cfg.model_kwargs)
-  return 6.0 * fwd_macs * cfg.batch_size  # 2 FLOPs/MAC x (forward + backward = 3 forwards)
+  passes = 2 if cfg.sam_rho else 1  # SAM: a second forward-backward at the ascended point
+  return 6.0 * fwd_macs * cfg.batch_size * passes  # 2 FLOPs/MAC x (forward + backward = 3 forwards)
 
 
 def compile_train_step(cfg: StepConfig, matmul: Optional[dict] = None, **unused) -> dict:
@@ -336,7 +339,8 @@ def format_table(results: Sequence[dict], matmul: dict) -> str:
     dtype = r['dtype'] + ("" if r.get("compute_dtype", r["dtype"]) == r["dtype"] else f"->{r['compute_dtype']}")
     setting = (f"b{r['batch_size']} {r['image_size']}px {dtype} d{r['num_devices']}"
                + (f" acc{r['grad_accum']}" if r["kind"] == "train" else "")
-               + (" noAGC" if r["kind"] == "train" and r["clipping"] is None else "") + extras)
+               + (" noAGC" if r["kind"] == "train" and r["clipping"] is None else "")
+               + (f" SAM {r['sam_rho']:g}" if r.get("sam_rho") else "") + extras)
     mem = r.get("memory", {})
     lines.append(f"{r['kind']:<6} {r['model']:<16} {setting:<34} {r['median_s']:>9.3f} {r['min_s']:>8.3f} "
                  f"{r['images_per_s']:>7.2f} {100 * r['mfu']:>5.1f}% {r['compile_s']:>9.1f} "
@@ -353,13 +357,15 @@ SUITES = ("train", "compile", "eval", "agc", "input")
 
 def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: int = 8, image_size: int = 128,
               dtype: str = "float32", num_devices: int = 1, grad_accum: int = 1, clipping: Optional[float] = 0.01,
-              remat: Sequence[bool] = (False,), warmup: int = 2, steps: int = 10, matmul_size: int = 2048,
+              remat: Sequence[bool] = (False,), sam_rho: Sequence[float] = (0.0,), warmup: int = 2,
+              steps: int = 10, matmul_size: int = 2048,
               dataset: str = "imagenet2012", data_dir: Optional[str] = None, augment: str = "none",
               cpu_bf16: bool = False, log: Callable[[str], None] = print) -> dict:
   """Runs the chosen measurements for every model (and remat setting); returns a JSON-ready dict.
 
   ``remat=True`` passes ``remat=True`` to the model constructor (blocks rematerialised with jax.checkpoint);
-  ``False`` leaves the model's default. ``input`` measures ``nfnet_jax.data.train_iterator`` on ``dataset``.
+  ``False`` leaves the model's default. Each ``sam_rho`` > 0 adds train steps with SAM (side by side
+  with ``sam_rho=0`` when both are given). ``input`` measures ``nfnet_jax.data.train_iterator`` on ``dataset``.
   """
   unknown = sorted(set(what) - set(SUITES))
   if unknown:
@@ -368,8 +374,8 @@ def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: in
     raise ValueError(f"time at least 10 steps (got steps={steps}) so the median means something.")
   configs = [StepConfig(model=m, batch_size=batch_size, image_size=image_size, dtype=dtype, num_devices=num_devices,
                         grad_accum=grad_accum, clipping=clipping, model_kwargs={"remat": True} if r else {},
-                        cpu_bf16=cpu_bf16)
-             for m in model_names for r in remat]
+                        sam_rho=float(rho), cpu_bf16=cpu_bf16)
+             for m in model_names for r in remat for rho in sam_rho]
   for cfg in configs:
     cfg.validate()  # every argument error before the first compile
   matmul = matmul_flops_per_s(matmul_size, warmup=warmup, steps=steps)

@@ -1,11 +1,14 @@
-"""Evaluation over a whole split with exact counts: top-1, top-5, loss and the number of examples.
+"""Evaluation over whole splits with exact counts: top-1, top-5, loss and the number of examples.
 
 Padding examples (mask False) contribute nothing; sums are taken per device, added on the host in
 float64 and across processes at the end, so every example of the split is counted exactly once.
+The eval sets of a run (config.evals: validation, ImageNet-ReaL, ImageNet-V2, ...) are in
+nfnet_jax/evals.py; `evaluate_sets` scores them all, `evaluate_run` is scripts/evaluate.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, Iterable
@@ -18,16 +21,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nfnet_jax import data as data_lib
 from nfnet_jax import precision
+from nfnet_jax import evals as evals_lib
 from nfnet_jax.train import build as build_lib
 from nfnet_jax.train import checkpoints
 from nfnet_jax.train import config as config_lib
 from nfnet_jax.train.step import cast_floating, smoothed_cross_entropy, topk_correct
 
 _SUMS = ('loss', 'top1', 'top5', 'num_examples')
+_DEVICE_KEYS = ('images', 'labels', 'mask')
 
 
 def make_eval_step(model, *, bf16: bool = False, cpu_bf16: bool = False) -> Callable:
-  """Returns a pmapped fn(params, model_state, batch) -> per-device sums of loss/top1/top5/count.
+  """Returns a pmapped fn(params, model_state, batch) -> per-device sums of loss/top1/top5/count,
+  and per example the five most probable classes ('top5', best first) and their 'top5_prob'.
 
   `bf16` computes in bfloat16 except on CPU, where only `cpu_bf16` does (`nfnet_jax.precision`).
   """
@@ -40,10 +46,11 @@ def make_eval_step(model, *, bf16: bool = False, cpu_bf16: bool = False) -> Call
     labels = batch['labels']
     mask = batch['mask'].astype(jnp.float32)
     one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    top_prob, top_class = jax.lax.top_k(jax.nn.softmax(logits), min(5, logits.shape[-1]))
     return {'loss': jnp.sum(mask * smoothed_cross_entropy(logits, one_hot, 0.0)),
             'top1': jnp.sum(mask * topk_correct(logits, labels, 1)),
             'top5': jnp.sum(mask * topk_correct(logits, labels, 5)),
-            'num_examples': jnp.sum(mask)}
+            'num_examples': jnp.sum(mask), 'top5_classes': top_class, 'top5_prob': top_prob}
 
   return jax.pmap(eval_step, axis_name='batch')
 
@@ -57,20 +64,106 @@ def replicate(tree: Any) -> Any:
                                sharding), tree)
 
 
-def evaluate(p_eval_step: Callable, params: Any, model_state: Any,
-             batches: Iterable[dict]) -> dict:
-  """Scores every batch; params/model_state are replicated. Returns means and num_examples."""
+def _allgather_rows(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Concatenates every process's rows (in process order); shards may differ in length."""
+  if jax.process_count() == 1:
+    return local
+  counts = np.asarray(multihost_utils.process_allgather(np.array(len(local['index']), np.int32)))
+  longest = int(counts.max())
+  out = {}
+  for key, rows in local.items():
+    padded = np.zeros((longest,) + rows.shape[1:], rows.dtype)
+    padded[:len(rows)] = rows
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    out[key] = np.concatenate([gathered[p, :n] for p, n in enumerate(counts)])
+  return out
+
+
+def _encode(names: list[bytes]) -> np.ndarray:
+  """File names as a [n, width] uint8 array, width agreed by all processes (for the allgather)."""
+  width = max([len(n) for n in names] + [1])
+  if jax.process_count() > 1:
+    width = int(np.max(multihost_utils.process_allgather(np.array(width, np.int32))))
+  out = np.zeros((len(names), width), np.uint8)
+  for i, n in enumerate(names):
+    out[i, :len(n)] = np.frombuffer(n, np.uint8)
+  return out
+
+
+def _gather_predictions(parts: list[dict], num_examples: int, num_classes: int) -> dict:
+  """Every process's predictions, sorted by index; checks each example of the split is there once."""
+  local = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != 'file'}
+  if 'file' in parts[0]:
+    local['file'] = _encode([f for p in parts for f in p['file']])
+  if 'label_set' in local:
+    local['label_set'] = np.packbits(local['label_set'], axis=1)
+  preds = _allgather_rows(local)
+  order = np.argsort(preds['index'], kind='stable')
+  preds = {k: v[order] for k, v in preds.items()}
+  if not np.array_equal(preds['index'], np.arange(num_examples)):
+    raise RuntimeError(f'predictions cover {len(np.unique(preds["index"]))} distinct of {num_examples} '
+                       f'examples in {len(preds["index"])} rows; the eval input is broken.')
+  if 'file' in preds:
+    preds['file'] = [bytes(row[row > 0]).decode() for row in preds['file']]
+  if 'label_set' in preds:
+    preds['label_set'] = np.unpackbits(preds['label_set'], axis=1, count=num_classes).astype(bool)
+  return preds
+
+
+def evaluate(p_eval_step: Callable, params: Any, model_state: Any, batches: Iterable[dict], *,
+             predictions: bool = False) -> dict:
+  """Scores every batch; params/model_state are replicated. Returns means and num_examples.
+
+  Batches with a 'label_set' (ImageNet-ReaL) are scored against it: top-1/top-5 count as correct
+  when a predicted class is in the set; empty sets are left out and counted in num_excluded.
+  predictions=True also returns 'predictions' (index, labels, top5, top5_prob, file, label_set of
+  every example of the split, in split order, on every process).
+  """
   totals = np.zeros(len(_SUMS), np.float64)
+  real = None      # ReaL top-1 hits, top-5 hits, excluded
+  parts = []
+  num_classes = None
   for batch in batches:
-    sums = jax.device_get(p_eval_step(params, model_state, batch))
-    totals += np.array([np.sum(np.asarray(sums[k], np.float64)) for k in _SUMS])
+    out = jax.device_get(p_eval_step(params, model_state, {k: batch[k] for k in _DEVICE_KEYS}))
+    totals += np.array([np.sum(np.asarray(out[k], np.float64)) for k in _SUMS])
+    mask = np.asarray(batch['mask']).reshape(-1)
+    k = out['top5_classes'].shape[-1]
+    top5 = np.asarray(out['top5_classes']).reshape(-1, k)[mask]
+    if 'label_set' in batch:
+      sets = np.asarray(batch['label_set'])
+      num_classes = sets.shape[-1]
+      sets = sets.reshape(-1, num_classes)[mask]
+      hits = np.take_along_axis(sets, top5, axis=1)
+      empty = ~sets.any(axis=1)
+      batch_real = np.array([hits[:, 0].sum(), hits.any(axis=1).sum(), empty.sum()], np.float64)
+      real = batch_real if real is None else real + batch_real
+    if predictions:
+      part = {'index': np.asarray(batch['index']).reshape(-1)[mask].astype(np.int32),
+              'labels': np.asarray(batch['labels']).reshape(-1)[mask].astype(np.int32),
+              'top5': top5.astype(np.int32),
+              'top5_prob': np.asarray(out['top5_prob'], np.float32).reshape(-1, k)[mask]}
+      if 'file' in batch:
+        part['file'] = [bytes(f) for f in np.asarray(batch['file']).reshape(-1)[mask]]
+      if 'label_set' in batch:
+        part['label_set'] = sets
+      parts.append(part)
   if jax.process_count() > 1:
     totals = np.sum(multihost_utils.process_allgather(totals), axis=0)
+    if real is not None:
+      real = np.sum(multihost_utils.process_allgather(real), axis=0)
   count = totals[-1]
   if count == 0:
     raise ValueError('the evaluation split yielded no examples.')
-  result = {k: float(v / count) for k, v in zip(_SUMS[:-1], totals[:-1])}
-  result['num_examples'] = int(round(count))
+  if real is not None:
+    scored = count - real[2]
+    result = {'top1': float(real[0] / scored) if scored else float('nan'),
+              'top5': float(real[1] / scored) if scored else float('nan'),
+              'num_examples': int(round(scored)), 'num_excluded': int(round(real[2]))}
+  else:
+    result = {k: float(v / count) for k, v in zip(_SUMS[:-1], totals[:-1])}
+    result['num_examples'] = int(round(count))
+  if predictions:
+    result['predictions'] = _gather_predictions(parts, int(round(count)), num_classes or 0)
   return result
 
 
@@ -86,6 +179,40 @@ def evaluate_split(model, params: Any, model_state: Any, *, dataset: str, data_d
   return evaluate(p_eval_step, replicate(params), replicate(model_state), batches)
 
 
+def evaluate_sets(p_eval_step: Callable, eval_sets: list, candidates: dict, *,
+                  predictions: str | None = None) -> dict:
+  """{set name: {candidate: metrics}} for replicated candidates {'params': (params, model_state), ...}.
+
+  predictions: the candidate whose per-example predictions are returned under 'predictions'.
+  """
+  result = {}
+  for eval_set in eval_sets:
+    result[eval_set.name] = {
+        which: evaluate(p_eval_step, params, model_state, evals_lib.batches(eval_set),
+                        predictions=which == predictions)
+        for which, (params, model_state) in candidates.items()}
+  return result
+
+
+def metrics_to_log(results: dict) -> dict:
+  """{'NAME/params/top1': ..., 'NAME/ema_params/top1': ...} for the metric writers (prefix 'eval/')."""
+  return {f'{name}/{which}/{k}': v for name, by in results.items() for which, m in by.items()
+          for k, v in m.items() if k != 'predictions'}
+
+
+def summary_lines(results: dict, eval_sets: list) -> list[str]:
+  """One console line per eval set: top-1 of each candidate and the examples counted."""
+  lines = []
+  for s in eval_sets:
+    by = results[s.name]
+    first = next(iter(by.values()))
+    scores = ', '.join(f'{"EMA " if w == "ema_params" else ""}top1 {m["top1"]:.4f}' for w, m in by.items())
+    excluded = f' ({first["num_excluded"]} without labels left out)' if 'num_excluded' in first else ''
+    lines.append(f'eval {s.name}: {scores} on {first["num_examples"]} {s.dataset} {s.split} examples '
+                 f'at {s.image_size}px{excluded}')
+  return lines
+
+
 def write_json(result: dict, *paths: str | None) -> None:
   """Writes `result` as indented JSON to each given path (process 0 only)."""
   if jax.process_index() != 0:
@@ -98,22 +225,68 @@ def write_json(result: dict, *paths: str | None) -> None:
         f.write('\n')
 
 
-def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None = None,
-                 split: str | None = None, out: str | None = None) -> dict:
-  """Evaluates a run's latest checkpoint (params and EMA params) or a pretrained params file.
+def resolve_eval_sets(run: config_lib.Run, names: list[str] | None = None, *,
+                      log: Callable[[str], None] | None = None) -> list:
+  """The run's eval sets (evals.resolve with the model's sizes); ConfigError when one cannot run."""
+  if log is None:
+    log = print if jax.process_index() == 0 else (lambda _: None)
+  try:
+    return evals_lib.resolve(run.config, test_image_size=run.spec.test_image_size,
+                             min_image_size=run.spec.min_image_size,
+                             num_classes=run.info.num_classes, names=names, log=log)
+  except evals_lib.EvalSetError as e:
+    raise config_lib.ConfigError(str(e)) from None
 
-  Returns {'params': {top1, top5, loss, num_examples}, 'ema_params': {...} (checkpoints only),
-  'model', 'dataset', 'split', 'image_size', 'step'}; writes it as JSON to `out` and, for a
-  workdir, to WORKDIR/eval.json.
+
+def results_table(result: dict) -> str:
+  """evaluate_run's result as the table scripts/evaluate.py prints (top-1/top-5 in %)."""
+  lines = ['| eval set | data | size | top-1 | top-5 | EMA top-1 | EMA top-5 | examples |',
+           '|---|---|---|---|---|---|---|---|']
+  pct = lambda m, k: f'{100 * m[k]:.2f}' if m else '-'
+  for name, r in result['evals'].items():
+    p, e = r['params'], r.get('ema_params')
+    excluded = f' (+{p["num_excluded"]} unlabelled)' if 'num_excluded' in p else ''
+    lines.append(f'| {name} | {r["dataset"]} {r["split"]} | {r["image_size"]} | {pct(p, "top1")} | '
+                 f'{pct(p, "top5")} | {pct(e, "top1")} | {pct(e, "top5")} | {p["num_examples"]}{excluded} |')
+  return '\n'.join(lines)
+
+
+def _output_paths(path: str, name: str, several: bool) -> tuple[str, str]:
+  """(predictions JSONL, prefix for its per-class files) of one eval set."""
+  stem = path[:-len('.jsonl')] if path.endswith('.jsonl') else path
+  if several:
+    stem = f'{stem}.{name}'
+  return stem + '.jsonl', stem
+
+
+def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None = None,
+                 evals: list[str] | None = None, image_sizes: list[int] | None = None,
+                 predictions: str | None = None, out: str | None = None) -> dict:
+  """Evaluates a run's latest checkpoint (params and EMA params) or a params file on its eval sets.
+
+  Returns {'model', 'step', 'evals': {NAME: {dataset, split, image_size, preprocess,
+  'params': {top1, top5, loss, num_examples}, 'ema_params': {...} (checkpoints only)}}}; with
+  image_sizes, one entry 'NAME@SIZE' per set and size, and 'sweep' (a table of top-1 by size,
+  also written as text and a PNG plot next to `out` or in the workdir). predictions: a JSONL file
+  of the EMA params' (a params file's) top-5 for every example (one file per set when there are
+  several) plus, for <= 100 classes, a per-class accuracy CSV and a confusion-matrix PNG. Writes the
+  result as JSON to `out` and, for a workdir, to WORKDIR/eval.json.
   """
   from nfnet_jax import pretrained as pretrained_lib  # pylint: disable=import-outside-toplevel
   if (workdir is None) == (pretrained is None):
     raise ValueError('give exactly one of --workdir (a training run) or --pretrained (a params file).')
-  run = config_lib.validate(config)
-  split = split or run.eval_split
-  if split not in run.info.splits:
-    raise ValueError(f'--split={split!r} is not a split of {run.info.name}; it has '
-                     f'{sorted(run.info.splits)}.')
+  if image_sizes and predictions:
+    raise ValueError('--predictions is for one test size; drop --image_sizes or --predictions.')
+  if image_sizes and not (out or workdir):
+    raise ValueError('--image_sizes writes a table and a plot next to --out: give --out=FILE.json.')
+  run = config_lib.validate(config, for_training=False)
+  eval_sets = resolve_eval_sets(run, evals)
+  if not eval_sets:
+    raise ValueError('no eval set to score: every set in config.evals was skipped.')
+  for size in image_sizes or ():
+    if size < run.spec.min_image_size:
+      raise ValueError(f'--image_sizes: {size} is too small for {config.model}: it needs at least '
+                       f'{run.spec.min_image_size} pixels.')
   model, optimizer, _ = build_lib.build(run)
   init_fn = build_lib.initial_state_fn(run, model, optimizer)
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
@@ -135,14 +308,41 @@ def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None =
     pretrained_lib.check_compatible(params, abstract.params, what=f'parameters in {pretrained}')
     candidates = {'params': (jax.tree.map(np.asarray, params), {})}
     step = None
+  candidates = {k: (replicate(p), replicate(s)) for k, (p, s) in candidates.items()}
+  if image_sizes:
+    eval_sets = [dataclasses.replace(s, name=f'{s.name}@{size}', image_size=size)
+                 for size in image_sizes for s in eval_sets]
+  which = 'ema_params' if 'ema_params' in candidates else 'params'
   p_eval_step = make_eval_step(model, bf16=config.bf16)
-  result = {'model': config.model, 'dataset': config.dataset, 'split': split,
-            'image_size': run.eval_image_size, 'step': step}
-  for name, (params, model_state) in candidates.items():
-    result[name] = evaluate_split(
-        model, params, model_state, dataset=config.dataset, data_dir=config.data_dir, split=split,
-        batch_size=run.eval_batch_size, image_size=run.eval_image_size,
-        preprocess=config.eval_preprocess, bf16=config.bf16, p_eval_step=p_eval_step)
+  scores = evaluate_sets(p_eval_step, eval_sets, candidates,
+                         predictions=which if predictions else None)
+  result = {'model': config.model, 'step': step, 'evals': {}}
+  for s in eval_sets:
+    result['evals'][s.name] = {**s.describe(), **scores[s.name]}
+    preds = scores[s.name][which].pop('predictions', None)
+    if preds is not None and jax.process_index() == 0:
+      path, prefix = _output_paths(predictions, s.name, len(eval_sets) > 1)
+      evals_lib.write_predictions(path, preds, multi_label=s.multi_label)
+      files = {'predictions': path}
+      if s.num_classes <= 100 and not s.multi_label:
+        files.update(evals_lib.write_per_class(prefix, preds, s.num_classes, s.class_names))
+      result['evals'][s.name]['files'] = files
+  if image_sizes:
+    rows = []
+    for size in image_sizes:
+      row = {'image_size': size}
+      for s in (s for s in eval_sets if s.image_size == size):
+        for w, m in scores[s.name].items():
+          row[f'{s.name.split("@")[0]}/{w}'] = m['top1']
+      rows.append(row)
+    stem = (out[:-len('.json')] if out.endswith('.json') else out) if out else os.path.join(workdir, 'eval')
+    result['sweep'] = {'table': evals_lib.sweep_table(rows), 'text': stem + '_sweep.txt',
+                       'plot': stem + '_sweep.png'}
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+      with open(stem + '_sweep.txt', 'w') as f:
+        f.write(result['sweep']['table'] + '\n')
+      evals_lib.plot_sweep(stem + '_sweep.png', rows, f'{config.model}: top-1 by test size')
   write_json(result, out, os.path.join(workdir, 'eval.json') if workdir else None)
   return result
 

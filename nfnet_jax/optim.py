@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from nfnet_jax import agc
+from nfnet_jax import sam
 
 NAMES = ('sgd', 'adamw', 'lamb')
 SCHEDULES = ('cosine', 'constant')
@@ -50,6 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
       b1=0.9,  # adamw/lamb first-moment decay.
       b2=0.999,  # adamw/lamb second-moment decay.
       adam_eps=1e-8,  # adamw/lamb denominator epsilon.
+      sam_rho=0.0,  # SAM's ascent radius ρ (nfnet_jax.sam, applied by the train step); 0: no SAM.
+      sam_mode='device',  # SAM's ascent gradient: each device's micro-batch, or 'global'.
   ))
 
 
@@ -114,6 +117,8 @@ def _validated(config) -> dict:
   _number(cfg, 'b1', low=0, high=1, high_open=True)
   _number(cfg, 'b2', low=0, high=1, high_open=True)
   _number(cfg, 'adam_eps', low=0, low_open=True)
+  _number(cfg, 'sam_rho', low=0)
+  _choice(cfg, 'sam_mode', sam.MODES)
   return cfg
 
 

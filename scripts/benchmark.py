@@ -2,6 +2,7 @@
 
   python scripts/benchmark.py --models=nfnet_f0,nf_resnet50 --batch_size=8 --image_size=128
   python scripts/benchmark.py --what=train,agc --models=nfnet_f0 --remat=false,true --out=bench.json
+  python scripts/benchmark.py --what=train --models=nf_resnet50 --sam_rho=0,0.05   # SAM step vs plain
   python scripts/benchmark.py --what=eval --models=nfnet_f0 --image_size=256 --dtype=bfloat16
   python scripts/benchmark.py --what=input --data_dir=$TFDS_DATA_DIR --augment=cutmix_mixup_randaugment_405
   python scripts/benchmark.py --what=input --mini_imagenet=/tmp/mini   # builds a realistic miniature ImageNet
@@ -33,6 +34,7 @@ flags.DEFINE_integer('devices', 1, 'Local devices to pmap over.')
 flags.DEFINE_integer('grad_accum', 1, 'Gradient-accumulation micro-batches per step.')
 flags.DEFINE_float('clipping', 0.01, 'AGC clipping threshold of the train step.')
 flags.DEFINE_list('remat', ['false'], 'Block rematerialisation settings to run: false, true or both.')
+flags.DEFINE_list('sam_rho', ['0'], 'SAM radii of the train step, e.g. 0,0.05 (0: no SAM; SAM runs 2 passes).')
 flags.DEFINE_integer('warmup', 2, 'Untimed calls after compilation.')
 flags.DEFINE_integer('steps', 10, 'Timed calls (at least 10).')
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the square matmul measuring the machine peak.')
@@ -76,8 +78,9 @@ def main(argv):
   summary = benchmark.run_suite(
       FLAGS.what, FLAGS.models, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, dtype=FLAGS.dtype[0],
       num_devices=FLAGS.devices, grad_accum=FLAGS.grad_accum, clipping=FLAGS.clipping,
-      remat=_bools(FLAGS.remat), warmup=FLAGS.warmup, steps=FLAGS.steps, matmul_size=FLAGS.matmul_size,
-      dataset=FLAGS.dataset, data_dir=data_dir, augment=FLAGS.augment, cpu_bf16=FLAGS.cpu_bf16, log=log)
+      remat=_bools(FLAGS.remat), sam_rho=[float(v) for v in FLAGS.sam_rho], warmup=FLAGS.warmup, steps=FLAGS.steps,
+      matmul_size=FLAGS.matmul_size, dataset=FLAGS.dataset, data_dir=data_dir, augment=FLAGS.augment,
+      cpu_bf16=FLAGS.cpu_bf16, log=log)
   print(benchmark.format_table(summary['results'], summary['matmul']))
   _write(summary)
 

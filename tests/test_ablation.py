@@ -12,7 +12,7 @@ from nfnet_jax import ablation
 
 def tiny_config(**overrides):
   c = ablation.get_config()
-  c.update(image_size=8, epochs=0.12, warmup_epochs=0.0, batch_sizes=(16,),
+  c.update(image_size=8, steps=12, warmup_steps=0, batch_sizes=(16,),
            agc_thresholds=(1e-4,), global_norm=None, bn_model=None,
            sensitivity_batch_sizes=(), check_every=3)
   c.update(**overrides)
@@ -39,7 +39,9 @@ def test_grid_of_runs_and_bad_settings():
       'global_norm': ablation.DISABLED, 'agc_threshold': 0.02}
   for bad, word in ((dict(batch_sizes=(0,)), 'batch_sizes'),
                     (dict(agc_thresholds=(0.0,)), 'agc_thresholds'),
-                    (dict(warmup_epochs=9.0, epochs=2.0), 'warmup_epochs'),
+                    (dict(warmup_steps=9, steps=2), 'warmup_steps'),
+                    (dict(seeds=()), 'seeds'),
+                    (dict(lr_scaling='cubic'), 'lr_scaling'),
                     (dict(base_lr=float('nan')), 'base_lr')):
     with pytest.raises(ValueError, match=word):
       ablation.check_config(tiny_config(**bad))
@@ -61,14 +63,30 @@ def test_sweep_records_divergence_and_writes_json_and_png(tmp_path):
   assert 1 <= unclipped['diverged_step'] <= unclipped['steps_run'] <= unclipped['steps']
   assert unclipped['eval_top1'] is None and unclipped['final_train_loss'] is None
   assert unclipped['peak_lr'] == pytest.approx(1000.0 * 16 / 256)
+  assert unclipped['mean_clip_fraction'] is None
 
   clipped = runs[('agc', 1e-4)]
   assert clipped['diverged'] is False and clipped['steps_run'] == clipped['steps'] == 12
   assert 0.0 <= clipped['eval_top1'] <= 1.0 and clipped['eval_examples'] == 300
   assert math.isfinite(clipped['final_train_loss'])
+  assert 0.5 < clipped['mean_clip_fraction'] <= 1.0  # λ = 1e-4 clips nearly every unit
 
   assert any('DIVERGED' in l for l in lines)
   assert any(l.startswith('run 2/2') and 'ETA' in l for l in lines)
   image = matplotlib.image.imread(str(tmp_path / 'agc_ablation.png'))
   assert image.shape[0] > 400 and image.shape[1] > 1200
   assert np.std(image[..., :3]) > 0.05  # not blank
+
+
+def test_batch_size_sweep_grid_and_learning_rates():
+  c = ablation.batch_size_config()
+  specs = ablation.batch_runs_of(c)
+  assert len(specs) == len(c.kinds) * len(c.batch_sizes) * len(c.seeds) == 24
+  assert {s.model for s in specs} == {'bn', 'nf', 'skipinit', 'fixup'}
+  assert {s.batch_size for s in specs} == {2, 16, 128}
+  assert all(s.clip_mode == 'none' for s in specs)
+  groups = [(s.model, s.batch_size) for s in specs]
+  assert len(set(groups)) == sum(1 for i, g in enumerate(groups) if i == 0 or g != groups[i - 1])
+  assert ablation.peak_lr(c, 256) == pytest.approx(0.05)
+  assert ablation.peak_lr(c, 4) == pytest.approx(0.05 / 8)
+  assert ablation.peak_lr(ablation.get_config(), 64) == pytest.approx(1.6 * 64 / 256)

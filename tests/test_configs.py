@@ -30,7 +30,8 @@ def small(config, **overrides):
   return config
 
 
-@pytest.mark.parametrize('name', ['nfnet', 'nf_resnet', 'resnet_bn', 'quickstart'])
+@pytest.mark.parametrize('name', ['nfnet', 'nf_resnet', 'resnet_bn', 'quickstart', 'skipinit_resnet',
+                                  'fixup_resnet', 'nfnet_sam'])
 def test_docstring_gives_the_launch_command_and_every_key_is_present(name):
   module = load(name)
   assert f'python scripts/train.py --config=configs/{name}.py' in module.__doc__
@@ -71,10 +72,25 @@ def test_other_configs_name_registered_models_and_validate():
     load('nfnet').get_config('F9')
 
 
+def test_nfnet_sam_config_is_the_f6_recipe_plus_sam():
+  sam, f6 = load('nfnet_sam').get_config(), load('nfnet').get_config('F6')
+  assert sam.model == 'nfnet_f6' and sam.optimizer.sam_mode == 'device'
+  assert sam.optimizer.sam_rho == 0.05 and f6.optimizer.sam_rho == 0.0
+  sam.optimizer.sam_rho = f6.optimizer.sam_rho
+  assert sam.to_dict() == f6.to_dict()
+  validate(small(load('nfnet_sam').get_config(), model='nf_resnet50', augment='none'), device_count=4)
+
+
 def test_nf_and_bn_resnet_configs_share_the_paper_recipe():
   nf, bn = load('nf_resnet').get_config('152'), load('resnet_bn').get_config('152')
-  assert (nf.model, bn.model) == ('nf_resnet152', 'resnet152')
-  for c in (nf, bn):
+  skip, fixup = load('skipinit_resnet').get_config('152'), load('fixup_resnet').get_config('152')
+  assert (nf.model, bn.model, skip.model, fixup.model) == (
+      'nf_resnet152', 'resnet152', 'skipinit_resnet152', 'fixup_resnet152')
+  for c in (skip, fixup):
+    assert c.model_kwargs.to_dict() == {'stochdepth_rate': 0.1}
+    validate(small(c.copy_and_resolve_references(), augment='none',
+                   model=c.model.replace('152', '50')), device_count=4)
+  for c in (nf, bn, skip, fixup):
     assert (c.batch_size, c.num_epochs, c.augment, c.label_smoothing) == (1024, 90.0, 'none', 0.1)
     assert (c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.clipping) == (0.1, 5e-5, None)
     assert c.optimizer.nesterov and c.optimizer.warmup_epochs == 5.0 and c.bf16

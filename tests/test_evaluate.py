@@ -76,14 +76,15 @@ def test_evaluate_run_scores_params_and_ema_and_writes_json(run_dir, tmp_path):
   workdir, config, model, state = run_dir
   out = tmp_path / 'out.json'
   result = evaluate_run(config, workdir=str(workdir), out=str(out))
-  assert result['step'] == 0 and result['split'] == 'validation' and result['image_size'] == 32
+  val = result['evals']['val']
+  assert result['step'] == 0 and val['split'] == 'validation' and val['image_size'] == 32
   assert json.loads(out.read_text()) == json.loads((workdir / 'eval.json').read_text())
-  assert result['params'] == pytest.approx(json.loads(out.read_text())['params'])
+  assert val['params'] == pytest.approx(json.loads(out.read_text())['evals']['val']['params'])
   want = direct_metrics(model, state.params, state.model_state)
-  assert result['params']['top1'] == pytest.approx(want['top1'], abs=1e-9)
+  assert val['params']['top1'] == pytest.approx(want['top1'], abs=1e-9)
   want_ema = direct_metrics(model, state.ema_params, state.ema_model_state)
-  assert result['ema_params']['loss'] == pytest.approx(want_ema['loss'], rel=1e-5)
-  assert result['ema_params']['num_examples'] == 300
+  assert val['ema_params']['loss'] == pytest.approx(want_ema['loss'], rel=1e-5)
+  assert val['ema_params']['num_examples'] == 300
 
 
 @pytest.mark.slow
@@ -99,10 +100,11 @@ def test_export_then_evaluate_pretrained_gives_the_ema_result(run_dir, tmp_path)
   np.testing.assert_array_equal(flat['NF_ResNet/~/linear/w'], state.ema_params['NF_ResNet/~/linear']['w'])
   loaded = pretrained.load(npz)
   result = evaluate_run(config, pretrained=str(npz))
-  assert 'ema_params' not in result and result['step'] is None
+  val = result['evals']['val']
+  assert 'ema_params' not in val and result['step'] is None
   want = direct_metrics(model, loaded, state.model_state)
-  assert result['params']['top1'] == pytest.approx(want['top1'], abs=1e-9)
-  assert result['params']['num_examples'] == 300
+  assert val['params']['top1'] == pytest.approx(want['top1'], abs=1e-9)
+  assert val['params']['num_examples'] == 300
 
 
 def test_evaluate_run_rejects_bad_inputs_clearly(tmp_path):
@@ -111,8 +113,12 @@ def test_evaluate_run_rejects_bad_inputs_clearly(tmp_path):
     evaluate_run(config)
   with pytest.raises(FileNotFoundError, match='no checkpoint in .*train first'):
     evaluate_run(config, workdir=str(tmp_path))
-  with pytest.raises(ValueError, match="--split='test' is not a split of digits"):
-    evaluate_run(config, workdir=str(tmp_path), split='test')
+  with pytest.raises(ValueError, match="eval set 'val': Dataset 'digits' has no split 'test'"):
+    config.evals.val.split = 'test'
+    evaluate_run(config, workdir=str(tmp_path))
+  config.evals.val.split = None
+  with pytest.raises(ValueError, match=r"unknown eval set\(s\) \['v3'\]; config.evals has \['val'\]"):
+    evaluate_run(config, workdir=str(tmp_path), evals=['v3'])
   wrong = tmp_path / 'wrong.npz'
   pretrained.save(wrong, {'NF_ResNet/~/linear': {'w': np.zeros((3, 3), np.float32)}})
   with pytest.raises(ValueError, match='do not fit the model'):

@@ -120,6 +120,20 @@ def test_nf_resnet_count_is_right_where_the_official_one_is_not(depth):
     assert round(macs / 1e9, 2) == 4.09
 
 
+@pytest.mark.parametrize("family", ["skipinit_resnet", "fixup_resnet"])
+def test_skipinit_and_fixup_resnets_count_the_nf_resnets_convs(family):
+  # Same convs and classifier as the NF-ResNet of the same depth (biases, gains and WS are not MACs).
+  official = _layout(f"{family}_ResNet50")
+  macs = flops.count_flops(f"{family}50", 224)
+  assert macs == flops.count_flops("nf_resnet50", 224)
+  assert round(macs / 1e9, 2) == 4.09
+  assert flops.count_params(f"{family}50") == official["num_params"]
+  # XLA skips the zero padding taps of SAME convs, so its count is a little lower; DeepMind's counter
+  # has the NF-ResNet one's errors (3.7x too large).
+  assert 1.0 < macs / (official["xla_flops_fwd_b1_test_imsize"] / 2) < 1.04
+  assert official["flops_test_imsize"] > 3 * macs
+
+
 def test_bad_arguments_are_refused_before_tracing():
   with pytest.raises(ValueError, match="at least"):
     flops.count_flops("nfnet_f0", 8)

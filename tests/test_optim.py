@@ -67,7 +67,8 @@ def test_masks_match_deepmind_partition_on_every_official_layout(layout):
   assert all(flat_paths(optim.clip_mask(params, 'none'))[1])
 
 
-@pytest.mark.parametrize('name', ['nfnet_f0', 'nf_resnet50', 'nf_regnet_b0', 'resnet50'])
+@pytest.mark.parametrize('name', ['nfnet_f0', 'nf_resnet50', 'nf_regnet_b0', 'resnet50', 'skipinit_resnet50',
+                                  'fixup_resnet50'])
 def test_masks_on_the_models_param_trees(name):
   """The real models' trees (shapes only, via eval_shape), including BN scale/offset."""
   size = models.get_spec(name).min_image_size

@@ -118,7 +118,7 @@ def test_digits_end_to_end_writes_metrics_checkpoints_and_evaluates(reference):
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
   # keep_checkpoints=2: only the last two survive.
   assert finished_steps(workdir) == [TOTAL_STEPS - 4, TOTAL_STEPS]
-  for name in ('eval', 'eval_ema'):
+  for name in ('eval/val/params', 'eval/val/ema_params'):
     (row,) = [r for r in rows if f'{name}/top1' in r]
     assert row['step'] == TOTAL_STEPS
     assert row[f'{name}/num_examples'] == 300          # digits' whole validation split

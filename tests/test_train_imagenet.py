@@ -30,9 +30,10 @@ def test_train_and_evaluate_on_miniature_imagenet(mini_imagenet_dir, tmp_path):
 
   assert result['step'] == 3 and config.bf16
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(result['state'].params))  # f32 masters
-  for name in ('eval', 'eval_ema'):
-    assert result[name]['num_examples'] == 10         # every validation image, padded batches
-    assert np.isfinite(result[name]['loss'])
+  assert list(result['eval']) == ['val']              # ReaL and V2 are not prepared here: skipped
+  for name in ('params', 'ema_params'):
+    assert result['eval']['val'][name]['num_examples'] == 10   # every validation image, padded batches
+    assert np.isfinite(result['eval']['val'][name]['loss'])
   rows = [r for r in read_jsonl(tmp_path / 'metrics.jsonl') if 'train/loss' in r]
   assert [r['step'] for r in rows] == [1, 2, 3]
   assert all(np.isfinite(r['train/loss']) and np.isfinite(r['train/grad_norm']) for r in rows)

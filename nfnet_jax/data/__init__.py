@@ -7,7 +7,9 @@ Public API (the trainer and the benchmark rely on it):
       {'images': [local_devices, grad_accum_steps, per_device, S, S, 3], 'labels': int32 [...]}
   eval_iterator(dataset, *, data_dir, split, global_batch_size, image_size, preprocess='resize_crop_32',
                 dtype=np.float32) -> finite iterator of
-      {'images': [local_devices, per_device, S, S, 3], 'labels', 'mask'}; every example of this
+      {'images': [local_devices, per_device, S, S, 3], 'labels', 'mask', 'index' (position in the
+      split, -1 for padding), 'file' (tfds datasets with file names), 'label_set' (multi-hot, for
+      datasets whose label is a set, e.g. imagenet2012_real)}; every example of this
       process's shard once, padding rows have mask False; per_device = ceil(global_batch_size /
       global devices) (any batch size works); every process yields the same number of batches.
   parse_augment(augment) -> AugmentSpec;  mix_batch(rng, images, labels, num_classes, spec)

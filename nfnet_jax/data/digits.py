@@ -111,4 +111,5 @@ def _eval_batches(images, labels, start, end, local_batch, per_device, dtype, la
     shape = (layout.local_devices, per_device)
     batch_images = np.where(mask[:, None, None, None], images[idx], 0.0)
     yield {"images": _cast(batch_images, dtype).reshape(shape + images.shape[1:]),
-           "labels": np.where(mask, labels[idx], 0).reshape(shape), "mask": mask.reshape(shape)}
+           "labels": np.where(mask, labels[idx], 0).reshape(shape), "mask": mask.reshape(shape),
+           "index": np.where(mask, idx, -1).astype(np.int32).reshape(shape)}

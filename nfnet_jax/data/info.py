@@ -16,6 +16,7 @@ class DatasetInfo:
   image_key: str = "image"
   label_key: str = "label"
   name_key: Optional[str] = None  # feature naming each example in error messages (e.g. 'file_name')
+  label_set_key: Optional[str] = None  # a sequence-of-labels feature (ImageNet-ReaL's 'real_label')
   is_jpeg: bool = True
 
   def check_split(self, split: str) -> int:

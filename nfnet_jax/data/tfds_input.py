@@ -48,17 +48,25 @@ def get_info(name: str, data_dir: Optional[str] = None) -> DatasetInfo:
   builder = _builder(name, _data_dir(data_dir))
   info = builder.info
   image_key, label_key = info.supervised_keys or ("image", "label")
-  label = info.features[label_key]
+  label, label_set_key = info.features[label_key], None
+  if isinstance(label, tfds.features.Sequence) and isinstance(label.feature, tfds.features.ClassLabel):
+    # A set of labels per image (imagenet2012_real): its single label is the other class-label feature.
+    singles = [k for k, f in info.features.items() if isinstance(f, tfds.features.ClassLabel)]
+    if not singles:
+      raise ValueError(f"Dataset {name!r}: {label_key!r} is a label set and no single label feature exists")
+    label_set_key, label_key = label_key, singles[0]
+    label = info.features[label_key]
   if not isinstance(label, tfds.features.ClassLabel):
     raise ValueError(f"Dataset {name!r}: feature {label_key!r} is not a class label")
   splits = {k: v.num_examples for k, v in info.splits.items()}
   eval_split = "validation" if "validation" in splits else "test"
   name_key = next((k for k in ("file_name", "filename", "id") if k in info.features), None)
   fmt = getattr(info.features[image_key], "encoding_format", None)
-  return DatasetInfo(name=builder.name, num_classes=label.num_classes, splits=splits,
+  # The name as given keeps a builder config ('imagenet_v2/threshold-0.7') for later reads.
+  return DatasetInfo(name=ALIASES.get(name, name), num_classes=label.num_classes, splits=splits,
                      train_split="train", eval_split=eval_split, class_names=list(label.names),
                      image_key=image_key, label_key=label_key, name_key=name_key,
-                     is_jpeg=(fmt == "jpeg"))
+                     label_set_key=label_set_key, is_jpeg=(fmt == "jpeg"))
 
 
 def _options(deterministic: bool):
@@ -181,18 +189,29 @@ def eval_iterator(info: DatasetInfo, *, data_dir, split: str, global_batch_size:
 
   def parse(index, example):
     image = preprocessing.eval_image(example[info.image_key], image_size, preprocess, info.is_jpeg)
-    return {"images": preprocessing.normalize(image, tf_dtype),
-            "labels": _checked_label(example, info, start, index), "mask": tf.constant(True)}
+    row = {"images": preprocessing.normalize(image, tf_dtype),
+           "labels": _checked_label(example, info, start, index), "mask": tf.constant(True),
+           "index": tf.cast(start + index, tf.int32)}
+    if info.name_key:
+      name = example[info.name_key]
+      row["file"] = name if name.dtype == tf.string else tf.strings.as_string(name)
+    if info.label_set_key:
+      labels = tf.cast(example[info.label_set_key], tf.int32)
+      row["label_set"] = tf.reduce_any(tf.one_hot(labels, info.num_classes, on_value=True, off_value=False,
+                                                  axis=-1, dtype=tf.bool), axis=0)
+    return row
 
-  padding = tf.data.Dataset.from_tensors({
-      "images": tf.zeros([image_size, image_size, 3], tf_dtype),
-      "labels": tf.constant(0, tf.int32), "mask": tf.constant(False)}).repeat(
-          num_batches * local_batch - (end - start))
+  pad_row = {"images": tf.zeros([image_size, image_size, 3], tf_dtype), "labels": tf.constant(0, tf.int32),
+             "mask": tf.constant(False), "index": tf.constant(-1, tf.int32)}
+  if info.name_key:
+    pad_row["file"] = tf.constant("")
+  if info.label_set_key:
+    pad_row["label_set"] = tf.zeros([info.num_classes], tf.bool)
+  padding = tf.data.Dataset.from_tensors(pad_row).repeat(num_batches * local_batch - (end - start))
 
   def finish(batch):
     shape = [layout.local_devices, per_device]
-    return {"images": tf.reshape(batch["images"], shape + [image_size, image_size, 3]),
-            "labels": tf.reshape(batch["labels"], shape), "mask": tf.reshape(batch["mask"], shape)}
+    return {k: tf.reshape(v, shape + v.shape[1:].as_list()) for k, v in batch.items()}
 
   ds = _read(info, data_dir, shard).enumerate() if end > start else None
   ds = ds.map(parse, num_parallel_calls=AUTOTUNE).concatenate(padding) if ds is not None else padding

@@ -96,6 +96,16 @@ def check_images(images: jax.Array, min_image_size: int, model: str) -> None:
                      f"{min_image_size}x{min_image_size}; resize them.")
 
 
+def check_resnet_options(width: int, drop_rate: float, stochdepth_rate: float) -> None:
+  """Raises a clear ValueError for a ResNet-family width or rate out of range."""
+  if width < 1:
+    raise ValueError(f"width must be a positive integer, got {width}.")
+  if not 0.0 <= drop_rate < 1.0:
+    raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}.")
+  if not 0.0 <= stochdepth_rate < 1.0:
+    raise ValueError(f"stochdepth_rate must be in [0, 1), got {stochdepth_rate}.")
+
+
 def late_checkpoint(fun: Callable) -> Callable:
   """jax.checkpoint whose recomputation waits for the output's cotangent.
 

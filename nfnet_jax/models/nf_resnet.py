@@ -94,12 +94,7 @@ class NF_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module na
     super().__init__(name=name)
     self.remat = remat
     depth_pattern = check_depth(depth)
-    if width < 1:
-      raise ValueError(f'width must be a positive integer, got {width}.')
-    if not 0.0 <= drop_rate < 1.0:
-      raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
-    if not 0.0 <= stochdepth_rate < 1.0:
-      raise ValueError(f'stochdepth_rate must be in [0, 1), got {stochdepth_rate}.')
+    base.check_resnet_options(width, drop_rate, stochdepth_rate)
     self.num_classes = num_classes
     self.activation = layers.get_activation(activation)
     self.drop_rate = drop_rate

@@ -17,6 +17,7 @@ _FAMILY_MODULES = (
     "nfnet_jax.models.nf_regnet",
     "nfnet_jax.models.nf_resnet",
     "nfnet_jax.models.resnet",
+    "nfnet_jax.models.skipinit_resnet", "nfnet_jax.models.fixup_resnet",
 )
 
 

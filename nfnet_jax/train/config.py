@@ -10,6 +10,7 @@ import jax
 import ml_collections
 
 from nfnet_jax import data as data_lib
+from nfnet_jax import evals as evals_lib
 from nfnet_jax import models
 from nfnet_jax import optim
 
@@ -30,6 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_preprocess = 'resize_crop_32'
   c.eval_split = ml_collections.FieldReference(None, field_type=str)    # None: the dataset's
   c.eval_batch_size = ml_collections.FieldReference(None, field_type=int)  # None: batch_size
+  # Named eval sets (nfnet_jax.evals.eval_set); the eval_* keys above are their defaults.
+  c.evals = ml_collections.ConfigDict({'val': evals_lib.eval_set()})
   c.augment = 'cutmix_mixup_randaugment_405'
   c.label_smoothing = 0.1
   c.bf16 = True
@@ -66,6 +69,7 @@ def resnet_recipe_config(family: str, depth: str | int, **model_kwargs) -> ml_co
   c.optimizer.weight_decay = 5e-5
   c.optimizer.clipping = None
   c.eval_every_steps = 5000
+  c.evals = evals_lib.imagenet_evals()
   return c
 
 
@@ -93,10 +97,12 @@ def _check(cond: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> Run:
+def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None,
+             for_training: bool = True) -> Run:
   """Checks `config` against the model, the dataset and the devices; raises ConfigError.
 
-  Runs before any compilation, so a bad config costs seconds, not a compile.
+  Runs before any compilation, so a bad config costs seconds, not a compile. for_training=False
+  (evaluation) skips the checks of the training batch against the devices and the training split.
   """
   device_count = jax.device_count() if device_count is None else device_count
   missing = [k for k in base_config().keys() if k not in config]
@@ -122,13 +128,11 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   b, a = config.batch_size, config.grad_accum_steps
   _check(isinstance(a, int) and a >= 1, f'config.grad_accum_steps={a!r} must be an integer >= 1.')
   _check(isinstance(b, int) and b >= 1, f'config.batch_size={b!r} must be a positive integer.')
-  _check(b % (device_count * a) == 0,
+  _check(b % (device_count * a) == 0 or not for_training,
          f'config.batch_size={b} must be divisible by devices x grad_accum_steps = '
          f'{device_count} x {a} = {device_count * a}; choose e.g. batch_size='
          f'{max(1, b // (device_count * a)) * device_count * a}.')
-  eval_batch_size = config.eval_batch_size or b
-  _check(eval_batch_size % device_count == 0,
-         f'config.eval_batch_size={eval_batch_size} must be divisible by the {device_count} devices.')
+  eval_batch_size = config.eval_batch_size or b   # any size: eval batches are padded per device
 
   image_size = config.image_size or spec.train_image_size
   eval_image_size = config.eval_image_size or spec.test_image_size
@@ -153,7 +157,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
          f"config.eval_preprocess={config.eval_preprocess!r} must be 'resize_crop_32' or 'crop_resize'.")
 
   train_examples = info.splits[info.train_split]
-  _check(train_examples >= b,
+  _check(train_examples >= b or not for_training,
          f'config.batch_size={b} exceeds the {train_examples} training examples of {info.name}.')
   steps_per_epoch = max(1, train_examples // b)
   if config.total_steps is not None:
@@ -172,5 +176,5 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
 
   return Run(config=config, spec=spec, info=info, image_size=image_size,
              eval_image_size=eval_image_size, eval_split=eval_split,
-             eval_batch_size=eval_batch_size, per_device_batch=b // (device_count * a),
+             eval_batch_size=eval_batch_size, per_device_batch=max(1, b // (device_count * a)),
              steps_per_epoch=steps_per_epoch, total_steps=total_steps)

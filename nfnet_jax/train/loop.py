@@ -45,7 +45,8 @@ def _log(is_main: bool, message: str) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final metrics.
 
-  Returns {'step', 'train': {...}, 'eval': {...}, 'eval_ema': {...}, 'preempted': bool}. Raises
+  Returns {'step', 'train': {...}, 'eval': {NAME: {'params': {...}, 'ema_params': {...}}} for each
+  eval set of config.evals, 'preempted': bool}. Raises
   config_lib.ConfigError before compiling anything when the config cannot run, and
   NonFiniteLossError naming the step when the loss becomes NaN or Inf.
   """
@@ -69,6 +70,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise config_lib.ConfigError(
         f'config.dataset={c.dataset!r} with config.augment={c.augment!r}: {e}') from None
   batches = itertools.chain([first_batch], batches)
+  eval_sets = eval_lib.resolve_eval_sets(run) if c.eval_every_steps > 0 else []
 
   if resume_step is not None:
     state, _ = checkpointer.restore(jax.eval_shape(init_fn, rng), resume_step)
@@ -86,7 +88,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   train_step = make_train_step(
       model, optimizer, schedule=schedule, num_classes=run.info.num_classes,
-      label_smoothing=c.label_smoothing, bf16=c.bf16, ema_decay=c.ema_decay, augment=c.augment)
+      label_smoothing=c.label_smoothing, bf16=c.bf16, ema_decay=c.ema_decay, augment=c.augment,
+      sam_rho=c.optimizer.sam_rho, sam_mode=c.optimizer.sam_mode)
   p_train_step = pmap_train_step(train_step)
   p_eval_step = eval_lib.make_eval_step(model, bf16=c.bf16)
   state = eval_lib.replicate(state)
@@ -94,16 +97,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = MetricWriter(workdir, enabled=is_main)
   progress = Progress(run.total_steps, c.batch_size, enabled=is_main)
 
-  def evaluate_now(params, model_state):
-    eval_batches = data_lib.eval_iterator(
-        c.dataset, data_dir=c.data_dir, split=run.eval_split, global_batch_size=run.eval_batch_size,
-        image_size=run.eval_image_size, preprocess=c.eval_preprocess)
-    return eval_lib.evaluate(p_eval_step, params, model_state, eval_batches)
-
   def save(state):
     checkpointer.save(_first_device(state), config_json(c))
 
-  result = {'step': step, 'train': {}, 'eval': {}, 'eval_ema': {}, 'preempted': False}
+  result = {'step': step, 'train': {}, 'eval': {}, 'preempted': False}
   pending = []           # (step, device metrics) not yet checked for NaN/Inf
   window = []            # host metrics since the last log line
   progress.start(step)
@@ -144,14 +141,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           window.clear()
         if save_now:
           save(state)
-        if eval_now:
-          for name, params, model_state in (('eval', state.params, state.model_state),
-                                            ('eval_ema', state.ema_params, state.ema_model_state)):
-            result[name] = evaluate_now(params, model_state)
-            writer.write(step, result[name], prefix=f'{name}/')
-          _log(is_main, f'step {step}: eval top1 {result["eval"]["top1"]:.4f} '
-               f'(EMA {result["eval_ema"]["top1"]:.4f}) on {result["eval"]["num_examples"]} '
-               f'{run.eval_split} examples')
+        if eval_now and eval_sets:
+          result['eval'] = eval_lib.evaluate_sets(p_eval_step, eval_sets, {
+              'params': (state.params, state.model_state),
+              'ema_params': (state.ema_params, state.ema_model_state)})
+          writer.write(step, eval_lib.metrics_to_log(result['eval']), prefix='eval/')
+          for line in eval_lib.summary_lines(result['eval'], eval_sets):
+            _log(is_main, f'step {step}: {line}')
         if stop:
           _log(is_main, f'SIGTERM: saved the checkpoint at step {step} in {workdir}; exiting. '
                'Run the same command again to resume.')

@@ -12,6 +12,7 @@ from nfnet_jax import agc
 from nfnet_jax import data as data_lib
 from nfnet_jax import optim
 from nfnet_jax import precision
+from nfnet_jax import sam as sam_lib
 from nfnet_jax.train.state import TrainState, ema_decay_at, ema_update
 
 AXIS = 'batch'
@@ -39,15 +40,22 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 def make_train_step(model, optimizer: optax.GradientTransformation, *,
                     schedule: optax.Schedule, num_classes: int, label_smoothing: float,
-                    bf16: bool, ema_decay: float, augment: str, cpu_bf16: bool = False) -> Callable:
+                    bf16: bool, ema_decay: float, augment: str, sam_rho: float = 0.0,
+                    sam_mode: str = 'device', cpu_bf16: bool = False) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics), to be pmapped with axis_name='batch'.
 
   batch['images'] is [grad_accum_steps, per_device, H, W, 3] and batch['labels'] is
   [grad_accum_steps, per_device]; gradients are averaged over micro-batches (lax.scan when there are
   several) and then over every device of every host, so the update equals that of one step on the
-  whole global batch. `bf16` computes in bfloat16 where the backend has bf16 kernels and in float32
-  on CPU unless `cpu_bf16` (`nfnet_jax.precision`).
+  whole global batch.
+
+  With sam_rho > 0 the gradients are SAM's (`nfnet_jax.sam`): taken at w + ε̂, ε̂ from each
+  micro-batch's own gradient (sam_mode='device') or from the all-reduced one ('global'). Loss,
+  metrics and BN statistics come from the pass at w; the pass at w + ε̂ only gives gradients.
+  `bf16` computes in bfloat16 where the backend has bf16 kernels and in float32 on CPU unless
+  `cpu_bf16` (`nfnet_jax.precision`).
   """
+  sam_lib.check(sam_rho, sam_mode)
   mix_spec = data_lib.parse_augment(augment)
   compute_dtype = precision.compute_dtype(bf16, cpu_bf16=cpu_bf16)
 
@@ -75,24 +83,53 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
     images, labels = batch['images'], batch['labels']
     accum = images.shape[0]
 
-    def micro_step(carry, xs):
-      grad_sum, model_state = carry
-      micro_images, micro_labels, index = xs
-      (_, (model_state, metrics)), grads = grad_fn(
-          state.params, model_state, jax.random.fold_in(step_rng, index), micro_images, micro_labels)
-      return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
+    def over_micro_batches(micro_grads, model_state):
+      """Averages micro_grads(model_state, images, labels, rng) -> (grads, model_state, metrics)
+      over the micro-batches, threading the model state through them."""
+      if accum == 1:
+        # No scan for a single micro-batch: XLA:CPU runs a model inside a loop body ~10x slower.
+        return micro_grads(model_state, images[0], labels[0], jax.random.fold_in(step_rng, 0))
 
-    if accum == 1:
-      # No scan for a single micro-batch: XLA:CPU runs a model inside a loop body ~10x slower.
-      (_, (model_state, metrics)), grads = grad_fn(
-          state.params, state.model_state, jax.random.fold_in(step_rng, 0), images[0], labels[0])
-    else:
+      def body(carry, xs):
+        grad_sum, model_state = carry
+        micro_images, micro_labels, index = xs
+        grads, model_state, metrics = micro_grads(
+            model_state, micro_images, micro_labels, jax.random.fold_in(step_rng, index))
+        return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
+
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (grads, model_state), metrics = jax.lax.scan(
-          micro_step, (zeros, state.model_state), (images, labels, jnp.arange(accum)))
-      grads = jax.tree.map(lambda g: g / accum, grads)
-      metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-    grads = pmean(grads)
+          body, (zeros, model_state), (images, labels, jnp.arange(accum)))
+      return (jax.tree.map(lambda g: g / accum, grads), model_state,
+              jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics))
+
+    def plain(params):
+      def micro_grads(model_state, micro_images, micro_labels, rng):
+        (_, (model_state, metrics)), grads = grad_fn(
+            params, model_state, rng, micro_images, micro_labels)
+        return grads, model_state, metrics
+      return micro_grads
+
+    def at(params, micro_images, micro_labels, rng, model_state):
+      """Gradient only: the model state of this pass is dropped."""
+      return grad_fn(params, model_state, rng, micro_images, micro_labels)[1]
+
+    if not sam_rho:
+      grads, model_state, metrics = over_micro_batches(plain(state.params), state.model_state)
+      grads = pmean(grads)
+    elif sam_mode == 'device':
+      def sam_micro_grads(model_state, micro_images, micro_labels, rng):
+        ascent, new_model_state, metrics = plain(state.params)(
+            model_state, micro_images, micro_labels, rng)
+        perturbed = sam_lib.ascent_point(state.params, ascent, sam_rho)
+        return at(perturbed, micro_images, micro_labels, rng, model_state), new_model_state, metrics
+      grads, model_state, metrics = over_micro_batches(sam_micro_grads, state.model_state)
+      grads = pmean(grads)
+    else:  # 'global': one ε̂ from the gradient of the whole global batch
+      ascent, model_state, metrics = over_micro_batches(plain(state.params), state.model_state)
+      perturbed = sam_lib.ascent_point(state.params, pmean(ascent), sam_rho)
+      descent = lambda ms, x, y, rng: (at(perturbed, x, y, rng, ms), ms, {})
+      grads = pmean(over_micro_batches(descent, state.model_state)[0])
     model_state = pmean_floating(model_state)
 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
