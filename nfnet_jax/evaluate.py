@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nfnet_jax import data as data_lib
+from nfnet_jax import precision
 from nfnet_jax import evals as evals_lib
 from nfnet_jax.train import build as build_lib
 from nfnet_jax.train import checkpoints
@@ -30,10 +31,13 @@ _SUMS = ('loss', 'top1', 'top5', 'num_examples')
 _DEVICE_KEYS = ('images', 'labels', 'mask')
 
 
-def make_eval_step(model, *, bf16: bool = False) -> Callable:
+def make_eval_step(model, *, bf16: bool = False, cpu_bf16: bool = False) -> Callable:
   """Returns a pmapped fn(params, model_state, batch) -> per-device sums of loss/top1/top5/count,
-  and per example the five most probable classes ('top5', best first) and their 'top5_prob'."""
-  dtype = jnp.bfloat16 if bf16 else jnp.float32
+  and per example the five most probable classes ('top5', best first) and their 'top5_prob'.
+
+  `bf16` computes in bfloat16 except on CPU, where only `cpu_bf16` does (`nfnet_jax.precision`).
+  """
+  dtype = precision.compute_dtype(bf16, cpu_bf16=cpu_bf16)
 
   def eval_step(params, model_state, batch):
     outputs, _ = model.apply(cast_floating(params, dtype), model_state, None,

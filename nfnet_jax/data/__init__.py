@@ -25,12 +25,30 @@ from typing import Optional
 
 import numpy as np
 
-from nfnet_jax.data import digits as _digits
 from nfnet_jax.data.info import BadDataError, DatasetInfo
 from nfnet_jax.data.layout import Layout, resolve_layout
 from nfnet_jax.data.mixing import AugmentSpec, cutmix_boxes, mix_batch, parse_augment
-from nfnet_jax.data.preprocessing import EVAL_PREPROCESS, MEAN_RGB, STDDEV_RGB
-from nfnet_jax.data import tfds_input as _tfds
+
+# TensorFlow (preprocessing, the tfds and digits pipelines) loads on first use, so that the train and
+# eval steps, which import this package for MixUp/CutMix, run where TensorFlow is not installed.
+_PREPROCESSING_NAMES = ("EVAL_PREPROCESS", "MEAN_RGB", "STDDEV_RGB")
+
+
+def __getattr__(name):
+  if name in _PREPROCESSING_NAMES:
+    from nfnet_jax.data import preprocessing  # pylint: disable=import-outside-toplevel
+    return getattr(preprocessing, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _tfds():
+  from nfnet_jax.data import tfds_input  # pylint: disable=import-outside-toplevel
+  return tfds_input
+
+
+def _digits():
+  from nfnet_jax.data import digits  # pylint: disable=import-outside-toplevel
+  return digits
 
 __all__ = ["AugmentSpec", "BadDataError", "DatasetInfo", "Layout", "get_info", "train_iterator",
            "eval_iterator", "parse_augment", "mix_batch", "cutmix_boxes", "MEAN_RGB", "STDDEV_RGB"]
@@ -51,10 +69,10 @@ def get_info(dataset: str, data_dir: Optional[str] = None, *,
     raise ValueError("no dataset given: set e.g. --config.dataset=folder:/path/to/images, digits or a "
                      "tensorflow-datasets name.")
   if dataset == "digits":
-    return _digits.INFO
+    return _digits().INFO
   if _folder(dataset):
     return _folder(dataset).scan(dataset, folder_val_fraction).info
-  return _tfds.get_info(dataset, data_dir)
+  return _tfds().get_info(dataset, data_dir)
 
 
 def _check_common(image_size, dtype):
@@ -83,12 +101,12 @@ def train_iterator(dataset: str, *, data_dir: Optional[str], global_batch_size: 
   layout_args = dict(global_batch_size=global_batch_size, image_size=image_size, spec=spec, seed=seed,
                      start_step=start_step, grad_accum_steps=grad_accum_steps, dtype=dtype, layout=layout)
   if dataset == "digits":
-    return _digits.train_iterator(**layout_args)
+    return _digits().train_iterator(**layout_args)
   if _folder(dataset):
     folder = _folder(dataset)
     return folder.train_iterator(folder.scan(dataset, folder_val_fraction), **layout_args)
-  info = _tfds.get_info(dataset, data_dir)
-  return _tfds.train_iterator(info, data_dir=data_dir, **layout_args)
+  info = _tfds().get_info(dataset, data_dir)
+  return _tfds().train_iterator(info, data_dir=data_dir, **layout_args)
 
 
 def eval_iterator(dataset: str, *, data_dir: Optional[str], split: str, global_batch_size: int,
@@ -101,18 +119,19 @@ def eval_iterator(dataset: str, *, data_dir: Optional[str], split: str, global_b
   'crop_resize' (centre crop of 87.5% of the short side, bicubic resize to S²).
   """
   _check_common(image_size, dtype)
-  if preprocess not in EVAL_PREPROCESS:
-    raise ValueError(f"Unknown eval preprocess {preprocess!r}; choose one of {EVAL_PREPROCESS}")
+  choices = __getattr__("EVAL_PREPROCESS")
+  if preprocess not in choices:
+    raise ValueError(f"Unknown eval preprocess {preprocess!r}; choose one of {choices}")
   layout = resolve_layout(process_index, process_count, local_devices)
   if dataset == "digits":
-    return _digits.eval_iterator(split=split, global_batch_size=global_batch_size,
+    return _digits().eval_iterator(split=split, global_batch_size=global_batch_size,
                                  image_size=image_size, dtype=dtype, layout=layout)
   if _folder(dataset):
     folder = _folder(dataset)
     return folder.eval_iterator(folder.scan(dataset, folder_val_fraction), split=split,
                                 global_batch_size=global_batch_size, image_size=image_size,
                                 preprocess=preprocess, dtype=dtype, layout=layout)
-  info = _tfds.get_info(dataset, data_dir)
+  info = _tfds().get_info(dataset, data_dir)
   info.check_split(split)
-  return _tfds.eval_iterator(info, data_dir=data_dir, split=split, global_batch_size=global_batch_size,
+  return _tfds().eval_iterator(info, data_dir=data_dir, split=split, global_batch_size=global_batch_size,
                              image_size=image_size, preprocess=preprocess, dtype=dtype, layout=layout)

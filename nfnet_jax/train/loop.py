@@ -15,6 +15,7 @@ from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
 from nfnet_jax import extras
 from nfnet_jax import optim
+from nfnet_jax import precision
 from nfnet_jax.train import config as config_lib
 from nfnet_jax.train import init_from
 from nfnet_jax.train.build import build, initial_state_fn
@@ -130,6 +131,8 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
        f'{jax.process_count()} process(es)')
   if c.trainable:
     _log(is_main, optim.describe_trainable(state.params, c.trainable))
+  if precision.note(c.bf16):
+    _log(is_main, precision.note(c.bf16))
 
   train_step = make_train_step(
       model, optimizer, schedule=schedule, num_classes=run.info.num_classes,
