@@ -20,6 +20,7 @@ import numpy as np
 
 from nfnet_jax import flops as flops_lib
 from nfnet_jax import models
+from nfnet_jax import precision
 
 
 def time_alternating(fns: Sequence[Callable[[], Any]], *, warmup: int = 2, steps: int = 10) -> list[dict]:
@@ -91,6 +92,7 @@ class StepConfig:
     clipping: AGC clipping threshold; None trains with the same Nesterov SGD without AGC.
     model_kwargs: constructor overrides, e.g. {'remat': True}.
     num_classes: classifier width.
+    cpu_bf16: on CPU compute bfloat16 anyway (XLA:CPU emulates it; see `nfnet_jax.precision`).
     sam_rho: SAM's ρ (train only; 0: no SAM); a SAM step runs two forward-backward passes.
   """
   model: str
@@ -102,6 +104,7 @@ class StepConfig:
   clipping: Optional[float] = 0.01
   model_kwargs: dict = dataclasses.field(default_factory=dict)
   num_classes: int = 1000
+  cpu_bf16: bool = False
   sam_rho: float = 0.0
 
   def validate(self) -> None:
@@ -119,6 +122,10 @@ class StepConfig:
     if self.image_size < min_size:
       raise ValueError(f"{self.model} needs image_size >= {min_size}, got {self.image_size}.")
     models.create(self.model, num_classes=self.num_classes, **self.model_kwargs)  # rejects unknown options
+
+  def compute_dtype(self) -> str:
+    """The dtype the step computes in here (`nfnet_jax.precision`)."""
+    return jnp.dtype(precision.compute_dtype(self.dtype == "bfloat16", cpu_bf16=self.cpu_bf16)).name
 
   def per_device(self) -> int:
     return self.batch_size // (self.num_devices * self.grad_accum)
@@ -142,7 +149,8 @@ def _peak(matmul: dict, num_devices: int) -> float:
 
 
 def _speed(cfg: StepConfig, timing: dict, flops_per_step: float, peak: float) -> dict:
-  return {"median_s": timing["median_s"], "min_s": timing["min_s"], "times_s": timing["times_s"],
+  return {"compute_dtype": cfg.compute_dtype(), "median_s": timing["median_s"], "min_s": timing["min_s"],
+          "times_s": timing["times_s"],
           "images_per_s": cfg.batch_size / timing["median_s"],
           "images_per_s_best": cfg.batch_size / timing["min_s"],
           "model_flops_per_step": flops_per_step,
@@ -167,7 +175,7 @@ def _compiled_train_step(cfg: StepConfig):
   schedule = optim.create_schedule(opt_config, **schedule_args)
   step_fn = step_lib.make_train_step(model, optimizer, schedule=schedule, num_classes=cfg.num_classes,
                                      label_smoothing=0.1, bf16=cfg.dtype == "bfloat16", ema_decay=0.99999,
-                                     augment="none", sam_rho=cfg.sam_rho)
+                                     augment="none", sam_rho=cfg.sam_rho, cpu_bf16=cfg.cpu_bf16)
   image_shape = (cfg.per_device(), cfg.image_size, cfg.image_size, 3)
   state = jax.jit(lambda rng: state_lib.init_state(model, optimizer, rng, image_shape))(jax.random.PRNGKey(0))
   state = _put(_stack(state, len(devices)), devices)
@@ -221,8 +229,8 @@ def train_step(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 1
   return record(time_calls(run, warmup=warmup, steps=steps), matmul)
 
 
-def eval_step(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 10) -> dict:
-  """Times the evaluator's pmapped inference step (forward in eval mode plus loss/top-k sums)."""
+def _eval_runner(cfg: StepConfig):
+  """Compiles the evaluator's step; returns (a function running it on one batch, the record builder)."""
   from nfnet_jax import evaluate as evaluate_lib  # local: pulls in the data pipeline
 
   cfg.validate()
@@ -239,14 +247,23 @@ def eval_step(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 10
            "labels": rng.integers(0, cfg.num_classes, shape[:2]).astype(np.int32),
            "mask": np.ones(shape[:2], bool)}
   batch = _put(batch, devices)
-  p_eval = evaluate_lib.make_eval_step(model, bf16=cfg.dtype == "bfloat16")
+  p_eval = evaluate_lib.make_eval_step(model, bf16=cfg.dtype == "bfloat16", cpu_bf16=cfg.cpu_bf16)
   start = time.perf_counter()
   compiled = p_eval.lower(params, model_state, batch).compile()
   compile_s = time.perf_counter() - start
-  timing = time_calls(lambda: compiled(params, model_state, batch), warmup=warmup, steps=steps)
-  fwd_macs = flops_lib.count_flops(cfg.model, cfg.image_size, num_classes=cfg.num_classes, **cfg.model_kwargs)
-  return {"kind": "eval", **dataclasses.asdict(cfg), "compile_s": compile_s, "memory": _memory(compiled),
-          **_speed(cfg, timing, 2.0 * fwd_macs * cfg.batch_size, _peak(matmul, cfg.num_devices))}
+
+  def record(timing: dict, matmul: dict) -> dict:
+    fwd_macs = flops_lib.count_flops(cfg.model, cfg.image_size, num_classes=cfg.num_classes, **cfg.model_kwargs)
+    return {"kind": "eval", **dataclasses.asdict(cfg), "compile_s": compile_s, "memory": _memory(compiled),
+            **_speed(cfg, timing, 2.0 * fwd_macs * cfg.batch_size, _peak(matmul, cfg.num_devices))}
+
+  return (lambda: compiled(params, model_state, batch)), record
+
+
+def eval_step(cfg: StepConfig, matmul: dict, *, warmup: int = 2, steps: int = 10) -> dict:
+  """Times the evaluator's pmapped inference step (forward in eval mode plus loss/top-k sums)."""
+  run, record = _eval_runner(cfg)
+  return record(time_calls(run, warmup=warmup, steps=steps), matmul)
 
 
 def input_pipeline(dataset: str, *, data_dir: Optional[str], batch_size: int, image_size: int, augment: str,
@@ -370,7 +387,8 @@ def format_table(results: Sequence[dict], matmul: dict) -> str:
                    f"{r['images_per_s']:>7.1f}")
       continue
     extras = "".join(f" {k}={v}" for k, v in sorted(r["model_kwargs"].items()))
-    setting = (f"b{r['batch_size']} {r['image_size']}px {r['dtype']} d{r['num_devices']}"
+    dtype = r['dtype'] + ("" if r.get("compute_dtype", r["dtype"]) == r["dtype"] else f"->{r['compute_dtype']}")
+    setting = (f"b{r['batch_size']} {r['image_size']}px {dtype} d{r['num_devices']}"
                + (f" acc{r['grad_accum']}" if r["kind"] == "train" else "")
                + (" noAGC" if r["kind"] == "train" and r["clipping"] is None else "")
                + (f" SAM {r['sam_rho']:g}" if r.get("sam_rho") else "") + extras)
@@ -393,7 +411,7 @@ def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: in
               remat: Sequence[bool] = (False,), sam_rho: Sequence[float] = (0.0,), warmup: int = 2,
               steps: int = 10, matmul_size: int = 2048,
               dataset: str = "imagenet2012", data_dir: Optional[str] = None, augment: str = "none",
-              log: Callable[[str], None] = print) -> dict:
+              cpu_bf16: bool = False, log: Callable[[str], None] = print) -> dict:
   """Runs the chosen measurements for every model (and remat setting); returns a JSON-ready dict.
 
   ``remat=True`` passes ``remat=True`` to the model constructor (blocks rematerialised with jax.checkpoint);
@@ -407,7 +425,7 @@ def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: in
     raise ValueError(f"time at least 10 steps (got steps={steps}) so the median means something.")
   configs = [StepConfig(model=m, batch_size=batch_size, image_size=image_size, dtype=dtype, num_devices=num_devices,
                         grad_accum=grad_accum, clipping=clipping, model_kwargs={"remat": True} if r else {},
-                        sam_rho=float(rho))
+                        sam_rho=float(rho), cpu_bf16=cpu_bf16)
              for m in model_names for r in remat for rho in sam_rho]
   for cfg in configs:
     cfg.validate()  # every argument error before the first compile

@@ -74,6 +74,7 @@ class EvalSet:
   class_names: list | None = None
   real_table: np.ndarray | None = None   # [validation files, classes] bool, from real_labels JSON
   multi_label: bool = False              # scored as ReaL (tfds imagenet2012_real or real_labels)
+  folder_val_fraction: float = 0.1       # 'folder:' datasets without val/ (data/folder.py)
 
   def describe(self) -> dict:
     return {'dataset': self.dataset, 'split': self.split, 'image_size': self.image_size,
@@ -131,7 +132,8 @@ def resolve(config, *, test_image_size: int, min_image_size: int, num_classes: i
     if real_labels and dataset == REAL:
       dataset = 'imagenet2012'   # the JSON path: ordinary validation images, labels from the file
     try:
-      info = data_lib.get_info(dataset, data_dir=config.data_dir)
+      info = data_lib.get_info(dataset, data_dir=config.data_dir,
+                               folder_val_fraction=config.folder_val_fraction)
     except FileNotFoundError as e_missing:
       how = _how(dataset)
       message = f'eval set {name!r}: {e_missing}' + (f' For {name!r} you can also {how}.' if how else '')
@@ -172,7 +174,8 @@ def resolve(config, *, test_image_size: int, min_image_size: int, num_classes: i
         name=name, dataset=dataset, data_dir=config.data_dir, split=split, preprocess=preprocess,
         image_size=image_size, batch_size=batch_size, num_examples=num_examples,
         num_classes=info.num_classes, class_names=info.class_names, real_table=table,
-        multi_label=table is not None or info.label_set_key is not None))
+        multi_label=table is not None or info.label_set_key is not None,
+        folder_val_fraction=config.folder_val_fraction))
   return resolved
 
 
@@ -195,7 +198,8 @@ def batches(eval_set: EvalSet, **iterator_kwargs) -> Iterator[dict]:
   """Every example of this process's shard of the set once (data.eval_iterator), with ReaL labels."""
   it = data_lib.eval_iterator(eval_set.dataset, data_dir=eval_set.data_dir, split=eval_set.split,
                               global_batch_size=eval_set.batch_size, image_size=eval_set.image_size,
-                              preprocess=eval_set.preprocess, **iterator_kwargs)
+                              preprocess=eval_set.preprocess,
+                              folder_val_fraction=eval_set.folder_val_fraction, **iterator_kwargs)
   return _with_real_labels(it, eval_set.real_table) if eval_set.real_table is not None else it
 
 

@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nfnet_jax import data as data_lib
+from nfnet_jax import precision
 from nfnet_jax import evals as evals_lib
 from nfnet_jax import paths as paths_lib
 from nfnet_jax.train import build as build_lib
@@ -31,10 +32,13 @@ _SUMS = ('loss', 'top1', 'top5', 'num_examples')
 _DEVICE_KEYS = ('images', 'labels', 'mask')
 
 
-def make_eval_step(model, *, bf16: bool = False) -> Callable:
+def make_eval_step(model, *, bf16: bool = False, cpu_bf16: bool = False) -> Callable:
   """Returns a pmapped fn(params, model_state, batch) -> per-device sums of loss/top1/top5/count,
-  and per example the five most probable classes ('top5', best first) and their 'top5_prob'."""
-  dtype = jnp.bfloat16 if bf16 else jnp.float32
+  and per example the five most probable classes ('top5', best first) and their 'top5_prob'.
+
+  `bf16` computes in bfloat16 except on CPU, where only `cpu_bf16` does (`nfnet_jax.precision`).
+  """
+  dtype = precision.compute_dtype(bf16, cpu_bf16=cpu_bf16)
 
   def eval_step(params, model_state, batch):
     outputs, _ = model.apply(cast_floating(params, dtype), model_state, None,
@@ -167,12 +171,12 @@ def evaluate(p_eval_step: Callable, params: Any, model_state: Any, batches: Iter
 def evaluate_split(model, params: Any, model_state: Any, *, dataset: str, data_dir: str | None,
                    split: str, batch_size: int, image_size: int,
                    preprocess: str = 'resize_crop_32', bf16: bool = False,
-                   p_eval_step: Callable | None = None) -> dict:
+                   p_eval_step: Callable | None = None, folder_val_fraction: float = 0.1) -> dict:
   """Evaluates unreplicated (host) params on a whole split of `dataset`."""
   p_eval_step = p_eval_step or make_eval_step(model, bf16=bf16)
   batches = data_lib.eval_iterator(dataset, data_dir=data_dir, split=split,
                                    global_batch_size=batch_size, image_size=image_size,
-                                   preprocess=preprocess)
+                                   preprocess=preprocess, folder_val_fraction=folder_val_fraction)
   return evaluate(p_eval_step, replicate(params), replicate(model_state), batches)
 
 
@@ -312,6 +316,8 @@ def evaluate_run(config, *, workdir: str | None = None, pretrained: str | None =
   scores = evaluate_sets(p_eval_step, eval_sets, candidates,
                          predictions=which if predictions else None)
   result = {'model': config.model, 'step': step, 'evals': {}}
+  if config.dataset.startswith('folder:'):
+    result['class_names'] = run.info.class_names
   for s in eval_sets:
     result['evals'][s.name] = {**s.describe(), **scores[s.name]}
     preds = scores[s.name][which].pop('predictions', None)
@@ -380,12 +386,15 @@ def load_classifier(*, workdir: str | None = None, pretrained: str | None = None
       state, config = checkpointer.restore_raw(), checkpointer.restore_config()
     finally:
       checkpointer.close()
-    info = data_lib.get_info(config['dataset'], config.get('data_dir'))
+    # Runs store their class names: an image folder need not be there any more.
+    stored = config.get('class_names') if config['dataset'].startswith('folder:') else None
+    info = (data_lib.DatasetInfo(config['dataset'], len(stored), {}, '', '', stored) if stored else
+            data_lib.get_info(config['dataset'], config.get('data_dir')))
     name = model or config['model']
     net = models.create(name, num_classes=info.num_classes, **config.get('model_kwargs', {}))
     params = state['ema_params' if ema else 'params']
     model_state = state['ema_model_state' if ema else 'model_state']
-    names = (imagenet_class_names() if info.num_classes == 1000 else
+    names = (imagenet_class_names() if info.num_classes == 1000 and not stored else
              info.class_names or [str(i) for i in range(info.num_classes)])
     size = config.get('eval_image_size') or models.get_spec(name).test_image_size
   else:

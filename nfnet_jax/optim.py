@@ -7,12 +7,15 @@ With the defaults of `get_config()` the optimizer equals DeepMind's `SGD_AGC` re
   3. m <- momentum * m + g;  g <- g + momentum * m (Nesterov, no dampening);
   4. w <- w - lr(step) * g, with lr(step) rising linearly from 0 over warmup_epochs epochs, then a
      cosine to 0 at total_steps; lr = config.lr * global_batch_size / 256 at its peak.
+With `trainable` (regexes searched in each 'module/name' path) the steps above run on the matching
+params only (optax.multi_transform); the others get no update, no weight decay and no momentum.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Any, Optional
 
 import jax
@@ -227,6 +230,12 @@ def classifier_module(params) -> str:
   return found[0]
 
 
+def _has_frozen(params) -> bool:
+  """True inside optax.multi_transform/masked, where frozen params are MaskedNode placeholders."""
+  is_node = lambda x: isinstance(x, optax.MaskedNode)
+  return any(is_node(x) for x in jax.tree_util.tree_leaves(params, is_leaf=is_node))
+
+
 def clip_mask(params, exclude: str = 'final_weight') -> Any:
   """True for the parameters AGC clips.
 
@@ -243,7 +252,12 @@ def clip_mask(params, exclude: str = 'final_weight') -> Any:
   paths, leaves, treedef = _flat(params)
   if exclude == 'none':
     return jax.tree_util.tree_unflatten(treedef, [True] * len(leaves))
-  head = classifier_module(params)
+  try:
+    head = classifier_module(params)
+  except ValueError:
+    if not _has_frozen(params):
+      raise
+    head = None  # the classifier is frozen, so there is nothing to exclude among these params
   clip = []
   for path, leaf in zip(paths, leaves):
     in_head = path.rpartition('/')[0] == head
@@ -265,8 +279,62 @@ def _clipper(cfg) -> Optional[optax.GradientTransformation]:
   return optax.masked(transform, lambda params: clip_mask(params, exclude))
 
 
+def parse_trainable(trainable) -> list[str]:
+  """'a,b' or ['a', 'b'] -> ['a', 'b'] (empty: everything trains); raises ValueError on bad regexes."""
+  if not trainable:
+    return []
+  patterns = trainable.split(',') if isinstance(trainable, str) else list(trainable)
+  patterns = [p.strip() for p in patterns if p.strip()]
+  for p in patterns:
+    try:
+      re.compile(p)
+    except re.error as e:
+      raise ValueError(f'trainable pattern {p!r} is not a regular expression: {e}.') from None
+  return patterns
+
+
+def trainable_mask(params, trainable) -> Any:
+  """True for the params whose path 'module/name' contains a match of one of the `trainable` regexes.
+
+  Raises:
+    ValueError: naming every pattern that matches no param (with a few of the paths there are).
+  """
+  patterns = parse_trainable(trainable)
+  paths, _, treedef = _flat(params)
+  if not patterns:
+    return jax.tree_util.tree_unflatten(treedef, [True] * len(paths))
+  unmatched = [p for p in patterns if not any(re.search(p, path) for path in paths)]
+  if unmatched:
+    heads = sorted({path.rpartition('/')[0] for path in paths})
+    raise ValueError(
+        f'trainable pattern(s) {unmatched} match no parameter; paths look like '
+        f'{", ".join(paths[:2] + paths[-2:])} (modules: {", ".join(heads[:3])}, ..., {heads[-1]}).')
+  return jax.tree_util.tree_unflatten(
+      treedef, [any(re.search(p, path) for p in patterns) for path in paths])
+
+
+def describe_trainable(params, trainable) -> str:
+  """One line: how many params (and values) `trainable` selects, e.g. for the training log."""
+  mask = jax.tree.leaves(trainable_mask(params, trainable))
+  sizes = [int(np.size(x)) for x in jax.tree.leaves(params)]
+  chosen = sum(s for s, m in zip(sizes, mask) if m)
+  return (f'trainable {trainable!r}: {sum(mask)} of {len(mask)} params train ({chosen:,} of '
+          f'{sum(sizes):,} values); the others are frozen.')
+
+
+def freeze(transform: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
+  """`transform` on the params matching `trainable` (see `trainable_mask`); zero updates and no
+  state for the rest. Without patterns, `transform` itself."""
+  patterns = parse_trainable(trainable)
+  if not patterns:
+    return transform
+  labels = lambda params: jax.tree.map(lambda t: 'trainable' if t else 'frozen',
+                                       trainable_mask(params, patterns))
+  return optax.multi_transform({'trainable': transform, 'frozen': optax.set_to_zero()}, labels)
+
+
 def create(config, *, global_batch_size: int, total_steps: int,
-           steps_per_epoch: float) -> optax.GradientTransformation:
+           steps_per_epoch: float, trainable=None) -> optax.GradientTransformation:
   """Builds the optimizer described by `config` (see `get_config` and the module docstring).
 
   The clip (AGC or global norm) comes first and composes with every optimizer. `sgd` uses coupled
@@ -279,6 +347,8 @@ def create(config, *, global_batch_size: int, total_steps: int,
     global_batch_size: examples per update over all devices.
     total_steps: updates in the whole run.
     steps_per_epoch: updates per epoch (float).
+    trainable: comma-separated regexes (or a list) selecting the params that train (`freeze`);
+      empty or None: all of them.
 
   Returns:
     An `optax.GradientTransformation`; its `update` needs `params`.
@@ -287,6 +357,7 @@ def create(config, *, global_batch_size: int, total_steps: int,
     ValueError: naming the first invalid key.
   """
   cfg = _validated(config)
+  patterns = parse_trainable(trainable)
   lr = _schedule(cfg, global_batch_size, total_steps, steps_per_epoch)
   parts = []
   clip = _clipper(cfg)
@@ -305,7 +376,7 @@ def create(config, *, global_batch_size: int, total_steps: int,
   else:
     parts.append(optax.lamb(lr, b1=cfg['b1'], b2=cfg['b2'], eps=cfg['adam_eps'],
                             weight_decay=wd, mask=weight_decay_mask))
-  return optax.chain(*parts)
+  return freeze(optax.chain(*parts), patterns)
 
 
 def clip_fraction(opt_state) -> Optional[jax.Array]:

@@ -6,9 +6,11 @@
   python scripts/benchmark.py --what=eval --models=nfnet_f0 --image_size=256 --dtype=bfloat16
   python scripts/benchmark.py --what=input --data_dir=$TFDS_DATA_DIR --augment=cutmix_mixup_randaugment_405
   python scripts/benchmark.py --what=input --mini_imagenet=/tmp/mini   # builds a realistic miniature ImageNet
+  python scripts/benchmark.py --compare=timm --what=train,eval --models=nfnet_f0 --dtype=float32,bfloat16
 
 Every speed comes with the model FLOPs utilisation against this machine's matmul rate, measured in the same
-run. On CPU, --devices=N needs XLA_FLAGS=--xla_force_host_platform_device_count=N set before Python starts.
+run. --compare=timm times timm's equivalent step in the same process, taking turns with ours (torch and
+timm must be importable; they are not dependencies of nfnet-jax). On CPU, --devices=N needs XLA_FLAGS=--xla_force_host_platform_device_count=N set before Python starts.
 """
 
 import json
@@ -17,13 +19,17 @@ import sys
 from absl import app, flags
 
 from nfnet_jax import benchmark, cli
+from nfnet_jax import compare
 from nfnet_jax import paths
 
 flags.DEFINE_list('what', ['train'], f'Measurements to run, any of {list(benchmark.SUITES)}.')
 flags.DEFINE_list('models', ['nfnet_f0'], 'Registered model names.')
 flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
 flags.DEFINE_integer('image_size', 128, 'Image height = width.')
-flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (weights stay float32).')
+flags.DEFINE_list('dtype', ['float32'], 'Compute dtype(s), float32 and/or bfloat16 (weights stay float32).')
+flags.DEFINE_bool('cpu_bf16', False, 'On CPU compute bfloat16 anyway (XLA:CPU emulates it; default float32).')
+flags.DEFINE_string('compare', None, "'timm': time timm's equivalent train step / eval forward side by side.")
+flags.DEFINE_list('timm_variants', ['nchw', 'nhwc'], f'timm variants for --compare, any of {list(compare.VARIANTS)}.')
 flags.DEFINE_integer('devices', 1, 'Local devices to pmap over.')
 flags.DEFINE_integer('grad_accum', 1, 'Gradient-accumulation micro-batches per step.')
 flags.DEFINE_float('clipping', 0.01, 'AGC clipping threshold of the train step.')
@@ -50,16 +56,36 @@ def _bools(values):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if any(d not in ('float32', 'bfloat16') for d in FLAGS.dtype) or not FLAGS.dtype:
+    raise app.UsageError(f'--dtype takes float32 and/or bfloat16, got {FLAGS.dtype}')
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)
+  if FLAGS.compare is not None:
+    try:
+      summary = compare.run_compare(
+          FLAGS.what, FLAGS.models, dtypes=FLAGS.dtype, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size,
+          variants=FLAGS.timm_variants, clipping=FLAGS.clipping, warmup=FLAGS.warmup, steps=FLAGS.steps,
+          matmul_size=FLAGS.matmul_size, cpu_bf16=FLAGS.cpu_bf16, log=log)
+    except (compare.CompareError, ValueError) as e:
+      raise app.UsageError(str(e)) from None
+    print(compare.format_table(summary['results'], summary['matmul']))
+    _write(summary)
+    return
+  if len(FLAGS.dtype) > 1:
+    raise app.UsageError('several --dtype values need --compare; run once per dtype.')
   data_dir = FLAGS.data_dir
   if FLAGS.mini_imagenet:
     data_dir = benchmark.prepare_mini_imagenet(FLAGS.mini_imagenet)
   summary = benchmark.run_suite(
-      FLAGS.what, FLAGS.models, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, dtype=FLAGS.dtype,
+      FLAGS.what, FLAGS.models, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, dtype=FLAGS.dtype[0],
       num_devices=FLAGS.devices, grad_accum=FLAGS.grad_accum, clipping=FLAGS.clipping,
-      remat=_bools(FLAGS.remat), sam_rho=[float(v) for v in FLAGS.sam_rho], warmup=FLAGS.warmup, steps=FLAGS.steps, matmul_size=FLAGS.matmul_size,
-      dataset=FLAGS.dataset, data_dir=data_dir, augment=FLAGS.augment,
-      log=lambda msg: print(msg, file=sys.stderr, flush=True))
+      remat=_bools(FLAGS.remat), sam_rho=[float(v) for v in FLAGS.sam_rho], warmup=FLAGS.warmup, steps=FLAGS.steps,
+      matmul_size=FLAGS.matmul_size, dataset=FLAGS.dataset, data_dir=data_dir, augment=FLAGS.augment,
+      cpu_bf16=FLAGS.cpu_bf16, log=log)
   print(benchmark.format_table(summary['results'], summary['matmul']))
+  _write(summary)
+
+
+def _write(summary):
   if FLAGS.out:
     paths.write_text(FLAGS.out, json.dumps(summary, indent=2))
 

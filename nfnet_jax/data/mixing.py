@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 _AUGMENT_HELP = ("an augment string is 'none' or '_'-joined parts among 'mixup' (optionally followed by "
-                 "its α, e.g. 'mixup_0.4'), 'cutmix' and 'randaugment_<LMM>' (L layers, magnitude MM, "
+                 "its α, e.g. 'mixup_0.4'), 'cutmix', 'nocrop' (no Inception crop) and 'randaugment_<LMM>' (L layers, magnitude MM, "
                  "e.g. 'randaugment_405'; a value below 100 means 2 layers), e.g. "
                  "'cutmix_mixup_randaugment_405'")
 
@@ -26,6 +26,7 @@ class AugmentSpec:
   mixup_alpha: float = 0.2
   randaugment_layers: int = 0
   randaugment_magnitude: int = 0
+  inception_crop: bool = True   # 'nocrop': resize the whole image instead (small, centred objects)
 
   @property
   def randaugment(self) -> bool:
@@ -58,6 +59,8 @@ def parse_augment(augment: str) -> AugmentSpec:
         i += 1
     elif tok == "cutmix" and "cutmix" not in fields:
       fields["cutmix"] = True
+    elif tok == "nocrop" and "inception_crop" not in fields:
+      fields["inception_crop"] = False
     elif tok == "randaugment" and "randaugment_layers" not in fields:
       if nxt is None or not nxt.isdigit():
         raise ValueError(f"'randaugment' needs a level such as 405 in {augment!r}: {_AUGMENT_HELP}")

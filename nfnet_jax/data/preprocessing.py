@@ -62,12 +62,17 @@ def resize(image, image_size: int):
 
 
 def train_image(encoded, image_size: int, randaugment_layers: int = 0, randaugment_magnitude: float = 0,
-                is_jpeg: bool = True):
+                is_jpeg: bool = True, inception_crop: bool = True):
   """Training view of one encoded image: crop, resize, flip, optional RandAugment.
 
+  inception_crop=False resizes the whole image (augment token 'nocrop').
   Returns uint8 [S, S, 3] when RandAugment runs (it works on uint8), else float32 in [0, 255].
   """
-  image = resize(decode_and_random_crop(encoded, image_size, is_jpeg), image_size)
+  if inception_crop:
+    image = decode_and_random_crop(encoded, image_size, is_jpeg)
+  else:
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image = resize(image, image_size)
   image = tf.image.random_flip_left_right(image)
   if randaugment_layers:
     image = ra.randaugment(tf.cast(image, tf.uint8), randaugment_layers, randaugment_magnitude)

@@ -175,7 +175,7 @@ def train_iterator(info: DatasetInfo, *, data_dir, global_batch_size: int, image
 
   def parse(index, example):
     image = preprocessing.train_image(example[info.image_key], image_size, spec.randaugment_layers,
-                                      spec.randaugment_magnitude, info.is_jpeg)
+                                      spec.randaugment_magnitude, info.is_jpeg, spec.inception_crop)
     # Normalising per image (while it is in cache) is cheaper than over the whole batch.
     return {"images": preprocessing.normalize(image, tf_dtype),
             "labels": _checked_label(example, info, start, index)}

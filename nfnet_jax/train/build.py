@@ -18,7 +18,8 @@ def build(run: config_lib.Run):
   model = models.create(c.model, num_classes=run.info.num_classes, **c.model_kwargs.to_dict())
   sizes = dict(global_batch_size=c.batch_size, total_steps=run.total_steps,
                steps_per_epoch=run.steps_per_epoch)
-  return model, optim.create(c.optimizer, **sizes), optim.create_schedule(c.optimizer, **sizes)
+  return (model, optim.create(c.optimizer, trainable=c.trainable, **sizes),
+          optim.create_schedule(c.optimizer, **sizes))
 
 
 def initial_state_fn(run: config_lib.Run, model, optimizer):

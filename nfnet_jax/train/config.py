@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 import jax
@@ -13,6 +14,8 @@ from nfnet_jax import evals as evals_lib
 from nfnet_jax import extras
 from nfnet_jax import models
 from nfnet_jax import optim
+from nfnet_jax import paths
+from nfnet_jax.train import checkpoints
 
 ml_collections = extras.require('ml_collections', 'training configs (nfnet_jax.train)')
 
@@ -49,6 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.tensorboard = True                  # event files in WORKDIR/tensorboard (and metrics.jsonl)
   c.eval_every_steps = 10000            # and at the end; 0: never during training
   c.seed = 0
+  # Fine-tuning (nfnet_jax/train/init_from.py, optim.freeze, data/folder.py).
+  c.init_from = ''                       # params file or run workdir for the step-0 params
+  c.init_from_ema = False                # with a workdir: take its EMA params
+  c.init_head = 'auto'                   # 'auto' | 'reset' | 'keep' (see train/init_from.py)
+  c.trainable = ''                       # comma-separated regexes on 'module/name'; '': all
+  c.folder_val_fraction = 0.1            # 'folder:' datasets without val/: held-out fraction
   return c
 
 
@@ -112,6 +121,30 @@ def _int_setting(config, key: str, *, minimum: int = 1, optional: bool = False) 
          + (' (or None for the default).' if optional else '.'))
 
 
+INIT_HEAD = ('auto', 'reset', 'keep')
+
+
+def _check_init_from(config) -> None:
+  _check(config.init_head in INIT_HEAD,
+         f'config.init_head={config.init_head!r} must be one of {list(INIT_HEAD)}.')
+  _check(isinstance(config.init_from_ema, bool),
+         f'config.init_from_ema={config.init_from_ema!r} must be True or False.')
+  path = config.init_from
+  if not path:
+    return
+  if paths.isdir(path):
+    _check(paths.isdir(checkpoints.checkpoint_dir(path)),
+           f'config.init_from={path!r} is a directory without checkpoints/; give a training '
+           "run's workdir or a params file.")
+  else:
+    _check(paths.exists(path),
+           f'config.init_from={path!r} does not exist; give a params file (an exported .npz, '
+           "DeepMind's F0_haiku.npz) or a training run's workdir.")
+    _check(not config.init_from_ema,
+           f"config.init_from_ema=True needs a training run's workdir; {path!r} is a params file, "
+           'which holds one set of params.')
+
+
 def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None,
              for_training: bool = True, info: Any = None) -> Run:
   """Checks `config` against the model, the dataset and the devices; raises ConfigError.
@@ -136,7 +169,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   except (ValueError, TypeError) as e:
     raise ConfigError(f'config.model_kwargs={config.model_kwargs.to_dict()}: {e}') from None
   try:
-    info = info or data_lib.get_info(config.dataset, data_dir=config.data_dir)
+    info = info or data_lib.get_info(config.dataset, data_dir=config.data_dir,
+                                     folder_val_fraction=config.folder_val_fraction)
   except (ValueError, FileNotFoundError) as e:
     raise ConfigError(f'config.dataset={config.dataset!r}: {e}') from None
 
@@ -199,6 +233,15 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
                    steps_per_epoch=steps_per_epoch)
     except ValueError as e:
       raise ConfigError(f'config.optimizer: {e}') from None
+    _check_init_from(config)
+    if config.trainable:
+      model = models.create(config.model, num_classes=info.num_classes, **config.model_kwargs.to_dict())
+      images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jax.numpy.float32)
+      try:
+        optim.trainable_mask(jax.eval_shape(model.init, jax.random.PRNGKey(0), images)[0],
+                             config.trainable)
+      except ValueError as e:
+        raise ConfigError(f'config.trainable={config.trainable!r}: {e}') from None
 
   return Run(config=config, spec=spec, info=info, image_size=image_size,
              eval_image_size=eval_image_size, eval_split=eval_split,
@@ -207,12 +250,14 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
 
 
 # Keys whose change makes a saved state unusable (its structure or meaning changes).
-STRUCTURAL_KEYS = ('model', 'model_kwargs', 'dataset', 'image_size', 'bf16', 'optimizer.name')
+STRUCTURAL_KEYS = ('model', 'model_kwargs', 'dataset', 'image_size', 'bf16', 'optimizer.name',
+                   'trainable')
 # Keys that only say how often to log, save or evaluate, or where data lives: free to change.
 FREE_KEYS = ('data_dir', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
              'keep_every_steps', 'eval_every_steps', 'eval_image_size', 'eval_split',
              'eval_batch_size', 'eval_preprocess', 'evals', 'async_checkpoints', 'device_prefetch',
-             'tensorboard')
+             'tensorboard',
+             'init_from', 'init_from_ema', 'init_head')   # step-0 params only: a resume keeps its own
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:

@@ -13,7 +13,10 @@ import numpy as np
 from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
 from nfnet_jax import extras
+from nfnet_jax import optim
+from nfnet_jax import precision
 from nfnet_jax.train import config as config_lib
+from nfnet_jax.train import init_from
 from nfnet_jax.train.build import build, initial_state_fn
 from nfnet_jax.train import lock as lock_lib
 from nfnet_jax.train import prefetch
@@ -84,6 +87,7 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
   init_fn = initial_state_fn(run, model, optimizer)
   rng = jax.random.PRNGKey(c.seed)
 
+  saved_config = dict(config_json(c), class_names=run.info.class_names)  # what evaluate.py reads
   checkpointer = Checkpointer(workdir, keep=c.keep_checkpoints, keep_period=c.keep_every_steps,
                               async_save=c.async_checkpoints, log=lambda m: _log(is_main, m))
   if resume_step is not None:
@@ -99,19 +103,21 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
     except Exception:  # pylint: disable=broad-except
       saved = None     # a damaged newest checkpoint: restore() below names it and falls back
     if saved is not None:
-      for change in config_lib.resume_changes(saved, config_json(c), allow=allow_config_change,
+      for change in config_lib.resume_changes(saved, saved_config, allow=allow_config_change,
                                               workdir=workdir):
         _log(is_main, f'--allow_config_change: resuming with {change}')
     state, _ = checkpointer.restore(jax.eval_shape(init_fn, rng), resume_step)
     _log(is_main, f'Resuming from the checkpoint at step {int(state.step)} in {workdir}.')
   else:
-    state = jax.device_get(init_fn(rng))
+    state = init_from.initial_state(c, init_fn, optimizer, rng, workdir=workdir,
+                                    log=lambda line: _log(is_main, line))
   # The first batch is read before anything compiles, so data errors surface at once.
   try:
     batches = data_lib.train_iterator(
         c.dataset, data_dir=c.data_dir, global_batch_size=c.batch_size, image_size=run.image_size,
         augment=c.augment, seed=c.seed, start_step=int(state.step),
-        grad_accum_steps=c.grad_accum_steps, dtype=jnp.bfloat16 if c.bf16 else np.float32)
+        grad_accum_steps=c.grad_accum_steps, dtype=jnp.bfloat16 if c.bf16 else np.float32,
+        folder_val_fraction=c.folder_val_fraction)
     first_batch = next(batches)
   except ValueError as e:
     raise config_lib.ConfigError(
@@ -125,6 +131,10 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
        f'{jax.device_count()} devices x {c.grad_accum_steps} micro-batches x '
        f'{run.per_device_batch} | {run.total_steps} steps ({run.steps_per_epoch} per epoch) | '
        f'{jax.process_count()} process(es)')
+  if c.trainable:
+    _log(is_main, optim.describe_trainable(state.params, c.trainable))
+  if precision.note(c.bf16):
+    _log(is_main, precision.note(c.bf16))
 
   train_step = make_train_step(
       model, optimizer, schedule=schedule, num_classes=run.info.num_classes,
@@ -139,7 +149,7 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
 
   def save(state, wait):
     try:
-      checkpointer.save(_first_device(state), config_json(c), train_loss=last_loss[0], wait=wait)
+      checkpointer.save(_first_device(state), saved_config, train_loss=last_loss[0], wait=wait)
     except NonFiniteParamsError as e:
       raise NonFiniteLossError(_divergence_message(str(e), workdir, checkpointer)) from None
 

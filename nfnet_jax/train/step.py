@@ -11,6 +11,7 @@ import optax
 from nfnet_jax import agc
 from nfnet_jax import data as data_lib
 from nfnet_jax import optim
+from nfnet_jax import precision
 from nfnet_jax import sam as sam_lib
 from nfnet_jax.train.state import TrainState, ema_decay_at, ema_update
 
@@ -40,7 +41,7 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 def make_train_step(model, optimizer: optax.GradientTransformation, *,
                     schedule: optax.Schedule, num_classes: int, label_smoothing: float,
                     bf16: bool, ema_decay: float, augment: str, sam_rho: float = 0.0,
-                    sam_mode: str = 'device') -> Callable:
+                    sam_mode: str = 'device', cpu_bf16: bool = False) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics), to be pmapped with axis_name='batch'.
 
   batch['images'] is [grad_accum_steps, per_device, H, W, 3] and batch['labels'] is
@@ -51,10 +52,12 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
   With sam_rho > 0 the gradients are SAM's (`nfnet_jax.sam`): taken at w + ε̂, ε̂ from each
   micro-batch's own gradient (sam_mode='device') or from the all-reduced one ('global'). Loss,
   metrics and BN statistics come from the pass at w; the pass at w + ε̂ only gives gradients.
+  `bf16` computes in bfloat16 where the backend has bf16 kernels and in float32 on CPU unless
+  `cpu_bf16` (`nfnet_jax.precision`).
   """
   sam_lib.check(sam_rho, sam_mode)
   mix_spec = data_lib.parse_augment(augment)
-  compute_dtype = jnp.bfloat16 if bf16 else jnp.float32
+  compute_dtype = precision.compute_dtype(bf16, cpu_bf16=cpu_bf16)
 
   def loss_fn(params, model_state, rng, images, labels):
     mix_rng, model_rng = jax.random.split(rng)

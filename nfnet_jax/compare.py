@@ -1,0 +1,203 @@
+"""Speed side by side with timm (PyTorch): the same training step and eval forward, taking turns in one process.
+
+timm's step mirrors ours: forward in training mode, label-smoothed cross-entropy, backward, timm's
+``adaptive_clip_grad`` over every parameter but the classifier's (as our AGC), Nesterov SGD; bf16 runs
+under ``torch.autocast(bfloat16)``. Ours also updates the EMA of the parameters, which timm's does
+not. Each timm variant (memory format, ``torch.compile``) takes turns with ours
+(`benchmark.time_alternating`), so drifts of the machine's speed hit all alike; the ratio is timm's
+best median over ours. torch and timm are imported only here and only when asked for: they are no
+dependency of nfnet-jax.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+
+from nfnet_jax import benchmark
+
+# Our model name -> timm's model of the same architecture.
+TIMM_MODELS = {**{f"nfnet_f{i}": f"dm_nfnet_f{i}" for i in range(7)},
+               **{f"nf_resnet{d}": f"nf_resnet{d}" for d in (50, 101)}}
+KINDS = ("train", "eval")
+# channels_first/last memory format, optionally under torch.compile.
+VARIANTS = ("nchw", "nhwc", "nchw_compile", "nhwc_compile")
+
+
+class CompareError(ValueError):
+  """A --compare request that cannot run, with what to do about it."""
+
+
+def check(compare: str, what: Sequence[str], model_names: Sequence[str], variants: Sequence[str]) -> None:
+  """One-line errors for a compare request, before anything is built or compiled."""
+  if compare != "timm":
+    raise CompareError(f"--compare takes 'timm', got {compare!r}.")
+  bad = sorted(set(what) - set(KINDS))
+  if bad:
+    raise CompareError(f"--compare=timm measures {list(KINDS)} only, got --what={list(what)}.")
+  missing = [m for m in model_names if m not in TIMM_MODELS]
+  if missing:
+    raise CompareError(f"no timm equivalent of {missing}; --compare=timm takes {sorted(TIMM_MODELS)}.")
+  if not variants or set(variants) - set(VARIANTS):
+    raise CompareError(f"--timm_variants takes some of {list(VARIANTS)}, got {list(variants)}.")
+
+
+def import_torch() -> tuple[Any, Any]:
+  """(torch, timm), or a CompareError saying how to install them."""
+  try:
+    import timm  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise CompareError(f"--compare=timm needs torch and timm in this Python ({e}); install them with "
+                       "`pip install torch timm` (they are not dependencies of nfnet-jax).") from None
+  return torch, timm
+
+
+def match_threads(torch) -> int:
+  """Gives torch as many intra-op threads as XLA:CPU uses (every core this process may run on)."""
+  threads = len(os.sched_getaffinity(0))
+  torch.set_num_threads(threads)
+  return threads
+
+
+def _torch_device(torch) -> str:
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def timm_runner(kind: str, cfg: benchmark.StepConfig, variant: str, device: str) -> Callable[[], None]:
+  """timm's train step or eval forward for ``cfg`` as a function that returns once the work is done."""
+  torch, timm = import_torch()
+  from timm.utils import adaptive_clip_grad  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+
+  torch.manual_seed(0)
+  model = timm.create_model(TIMM_MODELS[cfg.model], num_classes=cfg.num_classes).to(device)
+  layout = torch.channels_last if variant.startswith("nhwc") else torch.contiguous_format
+  model = model.to(memory_format=layout)
+  images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+  images = images.contiguous(memory_format=layout)
+  labels = torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=device)
+  forward = torch.compile(model) if variant.endswith("_compile") else model
+  autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  if kind == "eval":
+    model.eval()
+
+    def run():
+      with torch.inference_mode(), autocast():
+        forward(images)
+      sync()
+
+    return run
+
+  model.train()
+  head = {id(p) for p in model.get_classifier().parameters()}
+  clipped = [p for p in model.parameters() if id(p) not in head]
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=2e-5)
+
+  def run():
+    with autocast():
+      logits = forward(images)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=0.1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clipping:
+      adaptive_clip_grad(clipped, clip_factor=cfg.clipping, eps=1e-3)
+    optimizer.step()
+    sync()
+
+  return run
+
+
+def side_by_side(ours: Callable[[], Any], theirs: dict[str, Callable[[], Any]], *, warmup: int = 2,
+                 steps: int = 10) -> dict:
+  """Times ours and every one of theirs taking turns; ratios of their best median (and min) over ours."""
+  if not theirs:
+    raise ValueError("side_by_side needs at least one function of theirs.")
+  timings = benchmark.time_alternating([ours, *theirs.values()], warmup=warmup, steps=steps)
+  their_timings = dict(zip(theirs, timings[1:]))
+  best = min(their_timings, key=lambda name: their_timings[name]["median_s"])
+  return {"ours": timings[0], "theirs": their_timings, "best": best,
+          "speedup_median": their_timings[best]["median_s"] / timings[0]["median_s"],
+          "speedup_min": min(t["min_s"] for t in their_timings.values()) / timings[0]["min_s"]}
+
+
+def compare(kind: str, cfg: benchmark.StepConfig, matmul: dict, *, variants: Sequence[str], warmup: int = 2,
+            steps: int = 10) -> dict:
+  """Our train step or eval step for ``cfg`` against timm's ``variants``, alternating in this process."""
+  torch, _ = import_torch()
+  device = _torch_device(torch)
+  runner = {"train": benchmark._train_runner, "eval": benchmark._eval_runner}[kind]  # pylint: disable=protected-access
+  ours, record = runner(cfg)
+  theirs = {v: timm_runner(kind, cfg, v, device) for v in variants}
+  result = side_by_side(ours, theirs, warmup=warmup, steps=steps)
+  return {"kind": f"compare_{kind}", "ours": record(result["ours"], matmul),
+          "theirs": {v: {**t, "images_per_s": cfg.batch_size / t["median_s"]} for v, t in result["theirs"].items()},
+          "timm_model": TIMM_MODELS[cfg.model], "torch_version": torch.__version__, "torch_device": device,
+          **{k: result[k] for k in ("best", "speedup_median", "speedup_min")}}
+
+
+def torch_matmul_flops_per_s(size: int, dtype: str, *, warmup: int = 2, steps: int = 10) -> float:
+  """torch's median FLOP/s of a ``size``² product (bf16 through its own kernels, e.g. oneDNN's AMX on CPU)."""
+  torch, _ = import_torch()
+  device = _torch_device(torch)
+  a = torch.ones(size, size, dtype=getattr(torch, dtype), device=device)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  def run():
+    torch.matmul(a, a)
+    sync()
+
+  return 2.0 * size**3 / benchmark.time_calls(run, warmup=warmup, steps=steps)["median_s"]
+
+
+def format_table(results: Sequence[dict], rates: dict) -> str:
+  """Ratios beside the absolute figures, and the machine's matmul rates."""
+  lines = [f"matmul {rates['size']}^2 GFLOP/s: " + ", ".join(
+      f"{k} {v / 1e9:.0f}" for k, v in rates.items() if k != "size"),
+           f"{'kind':<6} {'model':<14} {'setting':<24} {'ours s':>8} {'timm s':>8} {'timm best':<13} "
+           f"{'ours vs timm':>12}"]
+  for r in results:
+    o = r["ours"]
+    dtype = o["dtype"] + ("" if o["compute_dtype"] == o["dtype"] else f"->{o['compute_dtype']}")
+    setting = f"b{o['batch_size']} {o['image_size']}px {dtype}"
+    lines.append(f"{o['kind']:<6} {o['model']:<14} {setting:<24} {o['median_s']:>8.3f} "
+                 f"{r['theirs'][r['best']]['median_s']:>8.3f} {r['best']:<13} {r['speedup_median']:>11.2f}x")
+  return "\n".join(lines)
+
+
+def run_compare(what: Sequence[str], model_names: Sequence[str], *, dtypes: Sequence[str], batch_size: int,
+                image_size: int, variants: Sequence[str], clipping: Optional[float] = 0.01, warmup: int = 2,
+                steps: int = 10, matmul_size: int = 2048, cpu_bf16: bool = False,
+                log: Callable[[str], None] = print) -> dict:
+  """Every (model, dtype, kind) against timm; returns a JSON-ready dict with the matmul rates of both."""
+  check("timm", what, model_names, variants)
+  if steps < 10:
+    raise CompareError(f"time at least 10 steps (got steps={steps}) so the median means something.")
+  configs = [benchmark.StepConfig(model=m, batch_size=batch_size, image_size=image_size, dtype=d,
+                                  clipping=clipping, cpu_bf16=cpu_bf16) for m in model_names for d in dtypes]
+  for cfg in configs:
+    cfg.validate()
+  torch, timm = import_torch()
+  threads = match_threads(torch)
+  log(f"torch {torch.__version__}, timm {timm.__version__}, {threads} torch threads")
+  matmul = benchmark.matmul_flops_per_s(matmul_size, warmup=warmup, steps=steps)
+  rates = {"size": matmul_size, "jax_float32": matmul["median_flops_per_s"],
+           "jax_bfloat16": benchmark.matmul_flops_per_s(matmul_size, "bfloat16", warmup=warmup,
+                                                        steps=steps)["median_flops_per_s"],
+           **{f"torch_{d}": torch_matmul_flops_per_s(matmul_size, d, warmup=warmup, steps=steps)
+              for d in ("float32", "bfloat16")}}
+  log(format_table([], rates).splitlines()[0])
+  results = []
+  for cfg in configs:
+    for kind in what:
+      log(f"{kind}: {cfg.model} {cfg.dtype} against timm {TIMM_MODELS[cfg.model]} {list(variants)} ...")
+      results.append(compare(kind, cfg, matmul, variants=variants, warmup=warmup, steps=steps))
+      log(format_table(results[-1:], rates).splitlines()[-1])
+  device = jax.devices()[0]
+  return {"device": {"platform": device.platform, "kind": device.device_kind}, "jax_version": jax.__version__,
+          "torch_version": torch.__version__, "timm_version": timm.__version__, "torch_threads": threads,
+          "matmul": rates, "results": results}

@@ -1,0 +1,72 @@
+"""The --compare=timm mode without torch: its timing loop and ratios, and its argument errors."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from nfnet_jax import compare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _product(size):
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  return lambda: matmul(a, a)
+
+
+def test_side_by_side_alternates_and_divides_their_best_by_ours():
+  # A 64² product against 384² and 768² ones: 216 and 1728 times the work.
+  result = compare.side_by_side(_product(64), {'slow': _product(768), 'fast': _product(384)}, warmup=1,
+                                steps=5)
+  assert result['best'] == 'fast'
+  assert set(result['theirs']) == {'slow', 'fast'}
+  for timing in [result['ours'], *result['theirs'].values()]:
+    assert len(timing['times_s']) == 5
+  fast, ours = result['theirs']['fast'], result['ours']
+  assert result['speedup_median'] == pytest.approx(fast['median_s'] / ours['median_s'])
+  assert result['speedup_median'] > 3
+  assert result['speedup_min'] == pytest.approx(min(fast['min_s'], result['theirs']['slow']['min_s'])
+                                                / ours['min_s'])
+  with pytest.raises(ValueError, match='at least one'):
+    compare.side_by_side(_product(8), {})
+
+
+@pytest.mark.parametrize('args, message', [
+    (('torch', ['train'], ['nfnet_f0'], ['nchw']), "--compare takes 'timm'"),
+    (('timm', ['agc'], ['nfnet_f0'], ['nchw']), "measures \\['train', 'eval'\\] only"),
+    (('timm', ['train'], ['resnet50'], ['nchw']), "no timm equivalent of \\['resnet50'\\]"),
+    (('timm', ['train'], ['nfnet_f0'], ['nchw', 'tiled']), '--timm_variants takes some of'),
+    (('timm', ['train'], ['nfnet_f0'], []), '--timm_variants takes some of'),
+])
+def test_check_rejects_bad_requests_in_one_line(args, message):
+  with pytest.raises(compare.CompareError, match=message) as info:
+    compare.check(*args)
+  assert '\n' not in str(info.value)
+  compare.check('timm', ['train', 'eval'], ['nfnet_f0', 'nf_resnet50'], ['nhwc', 'nchw_compile'])
+
+
+def _benchmark_without_torch(*flags):
+  # `sys.modules[name] = None` makes `import name` fail, as it does where the package is not installed.
+  code = ("import runpy, sys; sys.modules['torch'] = sys.modules['timm'] = None; "
+          f"sys.argv = ['benchmark.py', *{list(flags)!r}]; "
+          "runpy.run_path('scripts/benchmark.py', run_name='__main__')")
+  env = {**os.environ, 'PYTHONPATH': ROOT}
+  return subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=120)
+
+
+def test_script_says_what_is_missing_before_building_anything():
+  done = _benchmark_without_torch('--compare=timm', '--models=nf_resnet50', '--batch_size=2',
+                                  '--image_size=64')
+  assert done.returncode != 0
+  last = done.stderr.strip().splitlines()[-1]
+  assert 'needs torch and timm' in last and 'pip install torch timm' in last
+  done = _benchmark_without_torch('--compare=timm', '--models=resnet50')
+  assert done.returncode != 0 and 'no timm equivalent' in done.stderr.strip().splitlines()[-1]
+  done = _benchmark_without_torch('--compare=timm', '--steps=3')
+  assert done.returncode != 0 and 'at least 10 steps' in done.stderr.strip().splitlines()[-1]
