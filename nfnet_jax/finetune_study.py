@@ -83,6 +83,9 @@ def run(pretrain_config, finetune_config, out: str, *, seeds: Sequence[int], ste
       with c.unlocked():
         for key in NETWORK_KEYS:  # the pretrained network, with the fine-tuning recipe
           c[key] = pre[key]
+      # AGC's eps floor is part of what this network needs: with DeepMind's 1e-3 its zero-initialised
+      # SkipInit gains cannot open from scratch (configs/quickstart.py), which would handicap the control.
+      c.optimizer.clip_eps = pre.optimizer.clip_eps
       c.dataset = f'folder:{target}'
       c.init_from = pre_dir if start == 'pretrained' else ''
       c.init_from_ema = start == 'pretrained'

@@ -11,6 +11,7 @@ appears whole when its upload completes.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import posixpath
@@ -121,8 +122,8 @@ def open_file(path: str, mode: str = 'r') -> IO:
 
 def read_bytes(path: str) -> bytes:
   path = expand(path)
-  if not exists(path):
-    raise FileNotFoundError(f'{path} does not exist.')
+  if is_url(path) and not exists(path):
+    raise FileNotFoundError(errno.ENOENT, 'No such file or directory', path)
   with open_file(path, 'rb') as f:
     return f.read()
 

@@ -117,7 +117,7 @@ def test_prepare_script(mini_imagenet, tmp_path, capsys):
       "prepare_imagenet", os.path.join(os.path.dirname(__file__), "..", "scripts", "prepare_imagenet.py"))
   script = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(script)
-  assert script.main(["--manual_dir", str(tmp_path), "--data_dir", str(tmp_path / "d")]) == 1
+  assert script.main(["--manual_dir", str(tmp_path), "--data_dir", str(tmp_path / "d")]) == 2  # bad input: one line, exit 2 (nfnet_jax.cli)
   err = capsys.readouterr().err
   assert "ILSVRC2012_img_train.tar" in err and str(tmp_path) in err and "image-net.org" in err
   assert script.main(["--manual_dir", mini_imagenet.manual_dir, "--data_dir", mini_imagenet.data_dir]) == 0
