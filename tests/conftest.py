@@ -1,10 +1,18 @@
-"""Test session set-up: four host CPU devices, so pmap code runs as on a small pod."""
+"""Test session set-up: four host CPU devices, so pmap code runs as on a small pod; one XLA cache."""
 
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent compilation cache for this test run, shared by the xdist workers and every
+# subprocess they start (they inherit the environment): the many runs of the same small configs
+# compile each program once. A new run (new PYTEST_XDIST_TESTRUNUID, or pid without xdist) starts cold.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"nfnet_jax_xla_cache_{_RUN}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import types  # noqa: E402
 
@@ -26,3 +34,10 @@ def mini_imagenet(tmp_path_factory):
 def mini_imagenet_dir(mini_imagenet):
   """tfds data_dir holding the prepared miniature 'imagenet2012' (40 train, 10 validation examples)."""
   return mini_imagenet.data_dir
+
+
+def pytest_sessionfinish(session):
+  """The process that made the XLA cache (the xdist controller, or the only process) removes it."""
+  del session
+  if _RUN == str(os.getpid()) and "PYTEST_XDIST_WORKER" not in os.environ:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -110,12 +110,6 @@ def test_a_checkpoint_saved_with_nan_before_digests_is_refused_at_restore(tmp_pa
   assert integrity.problem(make_state(1)._asdict(), integrity.manifest(make_state(1)._asdict())) is None
 
 
-@pytest.fixture(scope='module', autouse=True)
-def xla_cache(tmp_path_factory):
-  ts.CACHE_DIR = tmp_path_factory.mktemp('xla_cache')
-  yield ts.CACHE_DIR
-
-
 @pytest.mark.slow
 def test_training_resumes_from_the_previous_checkpoint_and_ends_with_the_same_params(tmp_path):
   done = tmp_path / 'done'

@@ -106,12 +106,6 @@ def can_mount_tmpfs():
                         capture_output=True).returncode == 0
 
 
-@pytest.fixture(scope='module', autouse=True)
-def xla_cache(tmp_path_factory):
-  ts.CACHE_DIR = tmp_path_factory.mktemp('xla_cache')
-  yield ts.CACHE_DIR
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not can_mount_tmpfs(), reason='needs unshare -rm to mount a small tmpfs')
 def test_disk_full_is_one_line_keeps_earlier_checkpoints_and_a_rerun_with_space_ends_identical(tmp_path):

@@ -13,12 +13,6 @@ STEPS = 12
 RUN = dict(devices=1, total_steps=STEPS, checkpoint_every_steps=2, keep_checkpoints=2, keep_every_steps=4)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def xla_cache(tmp_path_factory):
-  ts.CACHE_DIR = tmp_path_factory.mktemp('xla_cache')
-  yield ts.CACHE_DIR
-
-
 @pytest.mark.slow
 def test_diverged_run_lists_kept_checkpoints_and_resume_step_recovers_with_a_lower_lr(tmp_path):
   sane = tmp_path / 'sane'

@@ -27,12 +27,6 @@ def test_a_second_lock_on_the_same_workdir_is_refused_naming_the_holder(tmp_path
   again.release()
 
 
-@pytest.fixture(scope='module', autouse=True)
-def xla_cache(tmp_path_factory):
-  ts.CACHE_DIR = tmp_path_factory.mktemp('xla_cache')
-  yield ts.CACHE_DIR
-
-
 def wait_for_lock(proc, lock_path, log, timeout=240):
   deadline = time.time() + timeout
   while time.time() < deadline:

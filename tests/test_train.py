@@ -16,13 +16,6 @@ from train_subprocess import (TOTAL_STEPS, assert_same_params, final_params, fin
                               run_to_end, wait_for_checkpoint)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def xla_cache(tmp_path_factory):
-  """Subprocesses with the same config and device count then compile the train step only once."""
-  ts.CACHE_DIR = tmp_path_factory.mktemp('xla_cache')
-  yield ts.CACHE_DIR
-
-
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   """One uninterrupted run on 4 devices in one process, evaluated at the end."""

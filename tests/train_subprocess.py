@@ -1,8 +1,8 @@
 """Runs scripts/train.py (and the other scripts) as subprocesses on digits, as a user would.
 
 Every run uses one config (quickstart's tiny NF-ResNet with MixUp/CutMix and stochastic depth, so
-per-device randomness is exercised), built from one override dict. Test modules set CACHE_DIR to a
-persistent XLA cache so that subprocesses of the same config compile the train step only once.
+per-device randomness is exercised), built from one override dict. The subprocesses share the test
+session's persistent XLA cache (tests/conftest.py), so the same config compiles only once.
 """
 
 import os
@@ -24,9 +24,6 @@ OVERRIDES = {
     'log_every_steps': 4, 'eval_every_steps': 0, 'augment': 'cutmix_mixup', 'ema_decay': 0.9,
     'optimizer.lr': 0.1, 'optimizer.warmup_epochs': 0.1, 'model_kwargs.stochdepth_rate': 0.2,
 }
-CACHE_DIR = None
-
-
 def cli_flags(workdir, **extra):
   flags = ['--config=configs/quickstart.py', f'--workdir={workdir}']
   flags += [f'--config.{k}={v}' for k, v in {**OVERRIDES, **extra}.items()]
@@ -36,8 +33,6 @@ def cli_flags(workdir, **extra):
 def script_env(devices=4):
   env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  if CACHE_DIR is not None:
-    env.update(JAX_COMPILATION_CACHE_DIR=str(CACHE_DIR), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   return env
 
 
