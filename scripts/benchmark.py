@@ -16,7 +16,7 @@ timm must be importable; they are not dependencies of nfnet-jax). On CPU, --devi
 import json
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from nfnet_jax import benchmark, cli
 from nfnet_jax import compare
@@ -56,6 +56,7 @@ def _bools(values):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
   if any(d not in ('float32', 'bfloat16') for d in FLAGS.dtype) or not FLAGS.dtype:
     raise app.UsageError(f'--dtype takes float32 and/or bfloat16, got {FLAGS.dtype}')
   log = lambda msg: print(msg, file=sys.stderr, flush=True)

@@ -4,11 +4,10 @@
   python scripts/convert.py --pretrained=F0_haiku.npz --model=nfnet_f0 --to=timm --out=dm_nfnet_f0.safetensors
 """
 
-import sys
 
 from absl import app, flags, logging
 
-from nfnet_jax import pretrained
+from nfnet_jax import cli, pretrained
 
 flags.DEFINE_string('pretrained', None, 'Input: DeepMind release, our npz, timm .safetensors or PyTorch .pth/.bin.')
 flags.DEFINE_string('model', None, "Our model name, e.g. nfnet_f0 (timm's dm_nfnet_f0) or eca_nfnet_l0.")
@@ -22,12 +21,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  try:
-    print(pretrained.convert(FLAGS.pretrained, FLAGS.out, model=FLAGS.model, to=FLAGS.to))
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  print(pretrained.convert(FLAGS.pretrained, FLAGS.out, model=FLAGS.model, to=FLAGS.to))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

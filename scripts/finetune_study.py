@@ -16,7 +16,7 @@ import shutil
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nfnet_jax import finetune_study
+from nfnet_jax import cli, finetune_study
 
 config_flags.DEFINE_config_file('pretrain_config', 'configs/digits_pretrain.py', 'Pretraining config.')
 config_flags.DEFINE_config_file('finetune_config', 'configs/finetune.py:nf_resnet50',
@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -8,7 +8,7 @@ bilinearly). Train on the folder with --config.dataset=folder:OUT.
 
 from absl import app, flags
 
-from nfnet_jax import finetune_study
+from nfnet_jax import cli, finetune_study
 
 flags.DEFINE_string('out', None, 'Folder to write.')
 flags.DEFINE_list('digits', ['5', '6', '7', '8', '9'], 'Digits to write, comma-separated.')
@@ -29,4 +29,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
