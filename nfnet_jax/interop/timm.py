@@ -258,9 +258,22 @@ def is_torch_zip(data: bytes) -> bool:
 
 
 def is_timm_file(path: str | os.PathLike) -> bool:
-  """Whether `path` is a safetensors file or a PyTorch zip checkpoint (by content, not name)."""
-  data = paths.read_bytes(os.fspath(path))
-  return is_safetensors(data[:9]) or is_torch_zip(data)
+  """Whether `path` is a safetensors file or a PyTorch zip checkpoint (by content, not name).
+
+  Reads the first bytes and, for a zip, its member list only: never the whole file.
+  """
+  with paths.open_file(os.fspath(path), "rb") as f:
+    head = f.read(9)
+    if is_safetensors(head):
+      return True
+    if not head.startswith(b"PK"):
+      return False
+    f.seek(0)
+    try:
+      with zipfile.ZipFile(f) as z:
+        return any(n.endswith("data.pkl") and n.count("/") == 1 for n in z.namelist())
+    except zipfile.BadZipFile:
+      return False
 
 
 def read_state_dict(path: str | os.PathLike) -> StateDict:

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 
 from nfnet_jax import layers
 from nfnet_jax.models import base
-from nfnet_jax.models.resnet import (DEPTHS, STAGE_CHANNELS, STAGE_STRIDES, _activation,
-                                     check_depth)
+from nfnet_jax.models.resnet import (STAGE_CHANNELS, STAGE_STRIDES, _activation, check_depth,
+                                     depth_specs)
 
 
 def _bias(name: str, dtype) -> jnp.ndarray:
@@ -113,12 +113,4 @@ class FixUp_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module
     return outputs
 
 
-def _spec(depth: int) -> base.ModelSpec:
-  return base.ModelSpec(
-      name=f'fixup_resnet{depth}', family='fixup_resnet', train_image_size=224,
-      test_image_size=224, drop_rate=0.0, min_image_size=32,
-      official_layout=f'fixup_resnet_ResNet{depth}', default_kwargs={'depth': depth},
-      constructor=FixUp_ResNet)
-
-
-SPECS: list[base.ModelSpec] = [_spec(d) for d in DEPTHS]
+SPECS: list[base.ModelSpec] = depth_specs('fixup_resnet', FixUp_ResNet, lambda d: f'fixup_resnet_ResNet{d}')

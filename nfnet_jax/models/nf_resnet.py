@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from nfnet_jax import layers
 from nfnet_jax.models import base
-from nfnet_jax.models.resnet import DEPTHS, STAGE_CHANNELS, STAGE_STRIDES, check_depth
+from nfnet_jax.models.resnet import STAGE_CHANNELS, STAGE_STRIDES, check_depth, depth_specs
 
 
 def _plain_conv(output_channels, kernel_shape, stride=1, padding='SAME', name=None):
@@ -129,12 +129,4 @@ class NF_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module na
     return outputs
 
 
-def _spec(depth: int) -> base.ModelSpec:
-  return base.ModelSpec(
-      name=f'nf_resnet{depth}', family='nf_resnet', train_image_size=224,
-      test_image_size=224, drop_rate=0.0, min_image_size=32,
-      official_layout=f'nf_resnet_ResNet{depth}', default_kwargs={'depth': depth},
-      constructor=NF_ResNet)
-
-
-SPECS: list[base.ModelSpec] = [_spec(d) for d in DEPTHS]
+SPECS: list[base.ModelSpec] = depth_specs('nf_resnet', NF_ResNet, lambda d: f'nf_resnet_ResNet{d}')

@@ -6,7 +6,7 @@ pre-activation (BN-ReLU-Conv) block, e.g. 'ResNet/~/res_block_v2_3/~/bn0'.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import haiku as hk
 import jax
@@ -189,12 +189,14 @@ class ResNet(hk.Module):
     return outputs
 
 
-def _spec(depth: int) -> base.ModelSpec:
-  return base.ModelSpec(
-      name=f'resnet{depth}', family='resnet', train_image_size=224, test_image_size=224,
-      drop_rate=0.0, min_image_size=32,
-      official_layout='resnet_ResNet50' if depth == 50 else None,
-      default_kwargs={'depth': depth}, constructor=ResNet)
+def depth_specs(family: str, constructor: Callable,
+                official_layout: Callable[[int], str | None]) -> list[base.ModelSpec]:
+  """One ModelSpec per ResNet depth (FAMILY50 ... FAMILY600), trained and tested at 224 px."""
+  return [base.ModelSpec(name=f'{family}{d}', family=family, train_image_size=224,
+                         test_image_size=224, drop_rate=0.0, min_image_size=32,
+                         official_layout=official_layout(d), default_kwargs={'depth': d},
+                         constructor=constructor) for d in DEPTHS]
 
 
-SPECS: list[base.ModelSpec] = [_spec(d) for d in DEPTHS]
+SPECS: list[base.ModelSpec] = depth_specs('resnet', ResNet,
+                                          lambda d: 'resnet_ResNet50' if d == 50 else None)

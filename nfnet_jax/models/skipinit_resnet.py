@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from nfnet_jax import layers
 from nfnet_jax.models import base
 from nfnet_jax.models.nf_resnet import NFResBlock
-from nfnet_jax.models.resnet import (DEPTHS, STAGE_CHANNELS, STAGE_STRIDES, _activation,
-                                     check_depth)
+from nfnet_jax.models.resnet import (STAGE_CHANNELS, STAGE_STRIDES, _activation, check_depth,
+                                     depth_specs)
 
 
 class SkipInit_ResNet(hk.Module):  # pylint: disable=invalid-name  (official module name)
@@ -71,12 +71,4 @@ class SkipInit_ResNet(hk.Module):  # pylint: disable=invalid-name  (official mod
     return outputs
 
 
-def _spec(depth: int) -> base.ModelSpec:
-  return base.ModelSpec(
-      name=f'skipinit_resnet{depth}', family='skipinit_resnet', train_image_size=224,
-      test_image_size=224, drop_rate=0.0, min_image_size=32,
-      official_layout=f'skipinit_resnet_ResNet{depth}', default_kwargs={'depth': depth},
-      constructor=SkipInit_ResNet)
-
-
-SPECS: list[base.ModelSpec] = [_spec(d) for d in DEPTHS]
+SPECS: list[base.ModelSpec] = depth_specs('skipinit_resnet', SkipInit_ResNet, lambda d: f'skipinit_resnet_ResNet{d}')
