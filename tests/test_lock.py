@@ -27,6 +27,21 @@ def test_a_second_lock_on_the_same_workdir_is_refused_naming_the_holder(tmp_path
   again.release()
 
 
+def test_a_bucket_workdir_is_locked_on_this_host_without_writing_a_local_gs_folder(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  url = f'gs://nfnet-test-{os.getpid()}/runs/a'
+  first = lock_lib.WorkdirLock(url)
+  assert first.acquire() is None
+  assert list(tmp_path.iterdir()) == []           # nothing named 'gs:' appears where we stand
+  with pytest.raises(lock_lib.WorkdirLockedError) as e:
+    lock_lib.WorkdirLock(url).acquire()
+  assert url in str(e.value)
+  other = lock_lib.WorkdirLock(url + '2')          # another bucket workdir is free
+  assert other.acquire() is None
+  other.release()
+  first.release()
+
+
 def wait_for_lock(proc, lock_path, log, timeout=240):
   deadline = time.time() + timeout
   while time.time() < deadline:

@@ -4,6 +4,8 @@ The lock is an flock on WORKDIR/lock; the file says who holds it (host, pid, sin
 trainer is refused at once with that line. A holder that died (even by SIGKILL) leaves its line but
 no flock, so the next trainer takes the lock over and says so. A multi-host run holds one lock:
 process 0 takes it and every process learns the outcome, so all of them start or all stop.
+A bucket has no flock: for a workdir that is a URL (gs://...), the lock is a local file named by
+the URL's hash in the temp dir, so it refuses a second trainer on the same host only.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import socket
+import tempfile
 import time
 from typing import Callable, Iterator
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from nfnet_jax import paths
 
 
 class WorkdirLockedError(RuntimeError):
@@ -35,8 +41,12 @@ class WorkdirLock:
   """An exclusive, non-blocking lock on WORKDIR/lock; `acquire` returns a notice or None."""
 
   def __init__(self, workdir: str):
-    self.workdir = os.path.abspath(workdir)
-    self.path = os.path.join(self.workdir, 'lock')
+    self.workdir = paths.absolute(workdir)
+    if paths.is_url(self.workdir):
+      digest = hashlib.sha256(self.workdir.encode()).hexdigest()[:24]
+      self.path = os.path.join(tempfile.gettempdir(), 'nfnet_jax_locks', digest)
+    else:
+      self.path = os.path.join(self.workdir, 'lock')
     self._fd: int | None = None
 
   def _read(self, fd: int) -> dict:
@@ -48,7 +58,7 @@ class WorkdirLock:
       return {'host': '?', 'pid': '?', 'since': f'? (unreadable lock file: {text[:40]!r})'}
 
   def acquire(self) -> str | None:
-    os.makedirs(self.workdir, exist_ok=True)
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,7 +107,7 @@ def hold(workdir: str, log: Callable[[str], None] = print) -> Iterator[None]:
   if jax.process_count() > 1:
     refused = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
     if refused and error is None:
-      error = WorkdirLockedError(f'{os.path.abspath(workdir)} is in use by another trainer '
+      error = WorkdirLockedError(f'{paths.absolute(workdir)} is in use by another trainer '
                                  '(see the log of process 0).')
   if error is not None:
     raise error
