@@ -153,3 +153,4 @@ def test_train_sigterm_resume_export_evaluate_classify_on_a_bucket(gcs, tmp_path
   subprocess.run([sys.executable, '-c', write, image], cwd=REPO, env=env, check=True, timeout=120)
   out = script(env, 'classify', f'--workdir={run}', '--top_k=3', image)
   assert out.splitlines()[0] == image and len(out.splitlines()) == 4, out
+  assert not (REPO / 'gs:').exists(), 'a bucket path was written as a local folder named gs:'
