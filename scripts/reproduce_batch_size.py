@@ -3,8 +3,8 @@
   python scripts/reproduce_batch_size.py --out docs
 
 trains the four models in one shape (NF-ResNet-50's layout, one block per stage, width 1) on 8x8
-digits at batch sizes 2, 16 and 128, 200 steps at every batch size, lr = 0.05 · sqrt(B / 256),
-seeds 0 and 1, no clipping, and writes OUT/batch_size_robustness.json (every run) and
+digits at batch sizes 2, 8, 32 and 256, 200 steps at every batch size, lr = 0.01 · sqrt(B / 256),
+seeds 0, 1 and 2, no clipping, and writes OUT/batch_size_robustness.json (every run) and
 OUT/batch_size_robustness.png (top-1 vs batch size). Every flag left out keeps the default of
 `nfnet_jax.ablation.batch_size_config()`. --quick runs BN and NF at B = 2, seed 0 (two of the default
 runs) for tests.
