@@ -15,13 +15,24 @@ import os
 from typing import Any, Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from nfnet_jax import benchmark
+from nfnet_jax import layers
 
 # Our model name -> timm's model of the same architecture.
 TIMM_MODELS = {**{f"nfnet_f{i}": f"dm_nfnet_f{i}" for i in range(7)},
                **{f"nf_resnet{d}": f"nf_resnet{d}" for d in (50, 101)}}
-KINDS = ("train", "eval")
+KINDS = ("train", "eval", "ops")
+# "ops": NFNet-F0's three kinds of convolution at 128 px (batch --batch_size), each pass on its own.
+# name -> (channels in, channels out, kernel side, groups, spatial side)
+CONV_OPS = {
+    "3x3 128->128 @32": (128, 128, 3, 1, 32),      # stage 1: one group of 128
+    "3x3 768->768 g6 @8": (768, 768, 3, 6, 8),     # stage 3: six groups of 128
+    "1x1 1536->768 @8": (1536, 768, 1, 1, 8),      # stage 3: the bottleneck's first 1x1
+}
+PASSES = ("forward", "weight_grad", "input_grad")
 # channels_first/last memory format, optionally under torch.compile.
 VARIANTS = ("nchw", "nhwc", "nchw_compile", "nhwc_compile")
 
@@ -140,6 +151,84 @@ def compare(kind: str, cfg: benchmark.StepConfig, matmul: dict, *, variants: Seq
           **{k: result[k] for k in ("best", "speedup_median", "speedup_min")}}
 
 
+def conv_op_flops(op: str, batch_size: int) -> float:
+  """Multiply-adds x 2 of one pass of ``op`` (forward, weight and input gradient cost the same)."""
+  cin, cout, k, groups, side = CONV_OPS[op]
+  return 2.0 * batch_size * side * side * k * k * (cin // groups) * cout
+
+
+def jax_conv_passes(op: str, batch_size: int, dtype: str) -> dict[str, Callable[[], Any]]:
+  """Our conv (`layers.conv2d`, as the models run it) for ``op``: each pass jitted on its own."""
+  cin, cout, k, groups, side = CONV_OPS[op]
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch_size, side, side, cin)), dtype)
+  w = jnp.asarray(rng.normal(size=(k, k, cin // groups, cout)) / np.sqrt(k * k * cin / groups), dtype)
+  conv = lambda x, w: layers.conv2d(x, w, groups=groups)
+  g = jnp.ones((batch_size, side, side, cout), dtype)
+  fwd = jax.jit(conv)
+  wgrad = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
+  dgrad = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
+  return {"forward": lambda: fwd(x, w), "weight_grad": lambda: wgrad(x, w, g),
+          "input_grad": lambda: dgrad(x, w, g)}
+
+
+def torch_conv_passes(op: str, batch_size: int, dtype: str, layout: str) -> dict[str, Callable[[], None]]:
+  """torch's conv2d for ``op`` and its two gradients (torch.nn.grad), in ``layout`` (nchw/nhwc)."""
+  torch, _ = import_torch()
+  device = _torch_device(torch)
+  cin, cout, k, groups, side = CONV_OPS[op]
+  fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+  dt = getattr(torch, dtype)
+  gen = torch.Generator().manual_seed(0)
+  x = torch.randn(batch_size, cin, side, side, generator=gen).to(device, dt).contiguous(memory_format=fmt)
+  w = (torch.randn(cout, cin // groups, k, k, generator=gen) / (k * k * cin / groups) ** 0.5)
+  w = w.to(device, dt).contiguous(memory_format=fmt)
+  g = torch.ones(batch_size, cout, side, side, device=device, dtype=dt).contiguous(memory_format=fmt)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  pad = k // 2
+
+  def timed(fn):
+    def run():
+      with torch.no_grad():
+        fn()
+      sync()
+    return run
+
+  conv = torch.nn.functional.conv2d
+  return {"forward": timed(lambda: conv(x, w, padding=pad, groups=groups)),
+          "weight_grad": timed(lambda: torch.nn.grad.conv2d_weight(x, w.shape, g, padding=pad, groups=groups)),
+          "input_grad": timed(lambda: torch.nn.grad.conv2d_input(x.shape, w, g, padding=pad, groups=groups))}
+
+
+def compare_conv_ops(batch_size: int, dtype: str, *, warmup: int = 2, steps: int = 10) -> list[dict]:
+  """Every pass of every `CONV_OPS` entry, ours against torch's best layout, taking turns."""
+  results = []
+  for op in CONV_OPS:
+    ours = jax_conv_passes(op, batch_size, dtype)
+    theirs = {layout: torch_conv_passes(op, batch_size, dtype, layout) for layout in ("nchw", "nhwc")}
+    work = conv_op_flops(op, batch_size)
+    for name in PASSES:
+      r = side_by_side(ours[name], {layout: fns[name] for layout, fns in theirs.items()},
+                       warmup=warmup, steps=steps)
+      results.append({"kind": "compare_ops", "op": op, "pass": name, "dtype": dtype, "batch_size": batch_size,
+                      "flops": work, "ours_median_s": r["ours"]["median_s"],
+                      "ours_flops_per_s": work / r["ours"]["median_s"], "best": r["best"],
+                      "theirs_median_s": r["theirs"][r["best"]]["median_s"],
+                      "theirs_flops_per_s": work / r["theirs"][r["best"]]["median_s"],
+                      "speedup_median": r["speedup_median"]})
+  return results
+
+
+def format_ops_table(results: Sequence[dict]) -> str:
+  """GFLOP/s of each conv pass, ours and torch's, and the ratio."""
+  lines = [f"{'op':<20} {'pass':<12} {'dtype':<9} {'ours GFLOP/s':>12} {'torch GFLOP/s':>13} {'layout':<6} "
+           f"{'ours vs torch':>13}"]
+  for r in results:
+    lines.append(f"{r['op']:<20} {r['pass']:<12} {r['dtype']:<9} {r['ours_flops_per_s'] / 1e9:>12.0f} "
+                 f"{r['theirs_flops_per_s'] / 1e9:>13.0f} {r['best']:<6} {r['speedup_median']:>12.2f}x")
+  return "\n".join(lines)
+
+
 def torch_matmul_flops_per_s(size: int, dtype: str, *, warmup: int = 2, steps: int = 10) -> float:
   """torch's median FLOP/s of a ``size``² product (bf16 through its own kernels, e.g. oneDNN's AMX on CPU)."""
   torch, _ = import_torch()
@@ -191,13 +280,19 @@ def run_compare(what: Sequence[str], model_names: Sequence[str], *, dtypes: Sequ
            **{f"torch_{d}": torch_matmul_flops_per_s(matmul_size, d, warmup=warmup, steps=steps)
               for d in ("float32", "bfloat16")}}
   log(format_table([], rates).splitlines()[0])
-  results = []
+  results, ops = [], []
   for cfg in configs:
     for kind in what:
+      if kind == "ops":
+        continue
       log(f"{kind}: {cfg.model} {cfg.dtype} against timm {TIMM_MODELS[cfg.model]} {list(variants)} ...")
       results.append(compare(kind, cfg, matmul, variants=variants, warmup=warmup, steps=steps))
       log(format_table(results[-1:], rates).splitlines()[-1])
+  if "ops" in what:
+    for dtype in dtypes:
+      log(f"ops: NFNet-F0's convolutions at batch {batch_size}, {dtype}, against torch ...")
+      ops += compare_conv_ops(batch_size, dtype, warmup=warmup, steps=steps)
   device = jax.devices()[0]
   return {"device": {"platform": device.platform, "kind": device.device_kind}, "jax_version": jax.__version__,
           "torch_version": torch.__version__, "timm_version": timm.__version__, "torch_threads": threads,
-          "matmul": rates, "results": results}
+          "matmul": rates, "results": results, "ops": ops}

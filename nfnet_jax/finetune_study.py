@@ -72,7 +72,7 @@ def run(pretrain_config, finetune_config, out: str, *, seeds: Sequence[int], ste
   reused = os.path.isdir(os.path.join(pre_dir, 'checkpoints'))
   t0 = time.time()
   pre_result = train.train_and_evaluate(pre, pre_dir)
-  result = {'pretrain': {'workdir': pre_dir, 'steps': pre_result['step'],
+  result = {'pretrain': {'workdir': os.path.relpath(pre_dir, out), 'steps': pre_result['step'],  # under OUT
                          'top1': eval_curve(pre_dir)[-1][1],
                          'seconds': None if reused else time.time() - t0},
             'steps': steps, 'batch_size': finetune_config.batch_size, 'seeds': list(seeds),

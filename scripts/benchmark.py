@@ -7,6 +7,7 @@
   python scripts/benchmark.py --what=input --data_dir=$TFDS_DATA_DIR --augment=cutmix_mixup_randaugment_405
   python scripts/benchmark.py --what=input --mini_imagenet=/tmp/mini   # builds a realistic miniature ImageNet
   python scripts/benchmark.py --compare=timm --what=train,eval --models=nfnet_f0 --dtype=float32,bfloat16
+  python scripts/benchmark.py --compare=timm --what=ops --dtype=float32,bfloat16   # F0's convs, pass by pass
 
 Every speed comes with the model FLOPs utilisation against this machine's matmul rate, measured in the same
 run. --compare=timm times timm's equivalent step in the same process, taking turns with ours (torch and
@@ -69,6 +70,8 @@ def main(argv):
     except (compare.CompareError, ValueError) as e:
       raise app.UsageError(str(e)) from None
     print(compare.format_table(summary['results'], summary['matmul']))
+    if summary['ops']:
+      print(compare.format_ops_table(summary['ops']))
     _write(summary)
     return
   if len(FLAGS.dtype) > 1:

@@ -6,6 +6,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from nfnet_jax import compare
@@ -38,7 +39,7 @@ def test_side_by_side_alternates_and_divides_their_best_by_ours():
 
 @pytest.mark.parametrize('args, message', [
     (('torch', ['train'], ['nfnet_f0'], ['nchw']), "--compare takes 'timm'"),
-    (('timm', ['agc'], ['nfnet_f0'], ['nchw']), "measures \\['train', 'eval'\\] only"),
+    (('timm', ['agc'], ['nfnet_f0'], ['nchw']), "measures \\['train', 'eval', 'ops'\\] only"),
     (('timm', ['train'], ['resnet50'], ['nchw']), "no timm equivalent of \\['resnet50'\\]"),
     (('timm', ['train'], ['nfnet_f0'], ['nchw', 'tiled']), '--timm_variants takes some of'),
     (('timm', ['train'], ['nfnet_f0'], []), '--timm_variants takes some of'),
@@ -48,6 +49,26 @@ def test_check_rejects_bad_requests_in_one_line(args, message):
     compare.check(*args)
   assert '\n' not in str(info.value)
   compare.check('timm', ['train', 'eval'], ['nfnet_f0', 'nf_resnet50'], ['nhwc', 'nchw_compile'])
+
+
+@pytest.mark.parametrize('op', list(compare.CONV_OPS))
+def test_our_conv_passes_are_the_convolution_and_its_two_gradients(op):
+  # Each timed pass must compute what its name says: checked against lax's native conv and jax.grad.
+  cin, cout, k, groups, side = compare.CONV_OPS[op]
+  batch = 2
+  passes = compare.jax_conv_passes(op, batch, 'float32')
+  assert set(passes) == set(compare.PASSES)
+  rng = np.random.default_rng(0)   # the same draws as jax_conv_passes makes
+  x = jnp.asarray(rng.normal(size=(batch, side, side, cin)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, cin // groups, cout)) / np.sqrt(k * k * cin / groups), jnp.float32)
+  native = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=(
+      'NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+  loss = lambda x, w: native(x, w).sum()   # its cotangent is all ones, as the passes use
+  np.testing.assert_allclose(passes['forward'](), native(x, w), rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(passes['weight_grad'](), jax.grad(loss, 1)(x, w), rtol=2e-4, atol=2e-3)
+  np.testing.assert_allclose(passes['input_grad'](), jax.grad(loss, 0)(x, w), rtol=2e-4, atol=2e-3)
+  assert compare.conv_op_flops(op, batch) == 2 * batch * side * side * k * k * (cin // groups) * cout
+  assert compare.conv_op_flops('3x3 768->768 g6 @8', 8) == 2 * 8 * 64 * 9 * 128 * 768
 
 
 def _benchmark_without_torch(*flags):
