@@ -69,7 +69,8 @@ def main(argv):
           matmul_size=FLAGS.matmul_size, cpu_bf16=FLAGS.cpu_bf16, log=log)
     except (compare.CompareError, ValueError) as e:
       raise app.UsageError(str(e)) from None
-    print(compare.format_table(summary['results'], summary['matmul']))
+    if summary['results']:
+      print(compare.format_table(summary['results'], summary['matmul']))
     if summary['ops']:
       print(compare.format_ops_table(summary['ops']))
     _write(summary)

@@ -133,8 +133,9 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
        f'{jax.process_count()} process(es)')
   if c.trainable:
     _log(is_main, optim.describe_trainable(state.params, c.trainable))
-  if precision.note(c.bf16):
-    _log(is_main, precision.note(c.bf16))
+  note = precision.note(c.bf16)
+  if note:
+    _log(is_main, note)
 
   train_step = make_train_step(
       model, optimizer, schedule=schedule, num_classes=run.info.num_classes,
