@@ -157,12 +157,19 @@ def conv_op_flops(op: str, batch_size: int) -> float:
   return 2.0 * batch_size * side * side * k * k * (cin // groups) * cout
 
 
-def jax_conv_passes(op: str, batch_size: int, dtype: str) -> dict[str, Callable[[], Any]]:
-  """Our conv (`layers.conv2d`, as the models run it) for ``op``: each pass jitted on its own."""
+def conv_inputs(op: str, batch_size: int, dtype: str) -> tuple[jax.Array, jax.Array]:
+  """The NHWC input and fan-in-scaled HWIO kernel that `jax_conv_passes` times for ``op``."""
   cin, cout, k, groups, side = CONV_OPS[op]
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch_size, side, side, cin)), dtype)
   w = jnp.asarray(rng.normal(size=(k, k, cin // groups, cout)) / np.sqrt(k * k * cin / groups), dtype)
+  return x, w
+
+
+def jax_conv_passes(op: str, batch_size: int, dtype: str) -> dict[str, Callable[[], Any]]:
+  """Our conv (`layers.conv2d`, as the models run it) for ``op``: each pass jitted on its own."""
+  _, cout, _, groups, side = CONV_OPS[op]
+  x, w = conv_inputs(op, batch_size, dtype)
   conv = lambda x, w: layers.conv2d(x, w, groups=groups)
   g = jnp.ones((batch_size, side, side, cout), dtype)
   fwd = jax.jit(conv)

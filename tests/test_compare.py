@@ -58,9 +58,7 @@ def test_our_conv_passes_are_the_convolution_and_its_two_gradients(op):
   batch = 2
   passes = compare.jax_conv_passes(op, batch, 'float32')
   assert set(passes) == set(compare.PASSES)
-  rng = np.random.default_rng(0)   # the same draws as jax_conv_passes makes
-  x = jnp.asarray(rng.normal(size=(batch, side, side, cin)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(k, k, cin // groups, cout)) / np.sqrt(k * k * cin / groups), jnp.float32)
+  x, w = compare.conv_inputs(op, batch, 'float32')
   native = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=(
       'NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
   loss = lambda x, w: native(x, w).sum()   # its cotangent is all ones, as the passes use
