@@ -125,7 +125,9 @@ class StepConfig:
 
   def compute_dtype(self) -> str:
     """The dtype the step computes in here (`nfnet_jax.precision`)."""
-    return jnp.dtype(precision.compute_dtype(self.dtype == "bfloat16", cpu_bf16=self.cpu_bf16)).name
+    bf16 = self.dtype == "bfloat16"
+    name = jnp.dtype(precision.compute_dtype(bf16, cpu_bf16=self.cpu_bf16)).name
+    return name + "+bf16convs" if precision.bf16_convs(bf16, cpu_bf16=self.cpu_bf16) else name
 
   def per_device(self) -> int:
     return self.batch_size // (self.num_devices * self.grad_accum)

@@ -36,13 +36,15 @@ def make_eval_step(model, *, bf16: bool = False, cpu_bf16: bool = False) -> Call
   """Returns a pmapped fn(params, model_state, batch) -> per-device sums of loss/top1/top5/count,
   and per example the five most probable classes ('top5', best first) and their 'top5_prob'.
 
-  `bf16` computes in bfloat16 except on CPU, where only `cpu_bf16` does (`nfnet_jax.precision`).
+  `bf16` computes in bfloat16 except on CPU, where only `cpu_bf16` does; there the convolutions
+  take bf16 products where oneDNN has bf16 kernels (`nfnet_jax.precision`).
   """
   dtype = precision.compute_dtype(bf16, cpu_bf16=cpu_bf16)
 
   def eval_step(params, model_state, batch):
-    outputs, _ = model.apply(cast_floating(params, dtype), model_state, None,
-                             batch['images'].astype(dtype), is_training=False)
+    with precision.scope(bf16, cpu_bf16=cpu_bf16):
+      outputs, _ = model.apply(cast_floating(params, dtype), model_state, None,
+                               batch['images'].astype(dtype), is_training=False)
     logits = outputs['logits'].astype(jnp.float32)
     labels = batch['labels']
     mask = batch['mask'].astype(jnp.float32)

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfnet_jax import onednn
+
 Array = jax.Array
 
 # ---------------------------------------------------------------------------
@@ -159,27 +161,39 @@ def _standardize_bwd(eps, residuals, g):
 standardize_weight.defvjp(_standardize_fwd, _standardize_bwd)
 
 
-CONV_IMPLS = ("auto", "native", "split")
+CONV_IMPLS = ("auto", "native", "split", "onednn")
 # Above this many groups (narrow groups, e.g. NF-RegNet's width 8) one conv per group
 # compiles slowly and runs no faster, so 'auto' keeps the native grouped conv.
 MAX_SPLIT_GROUPS = 16
 
 
 def resolve_conv_impl(impl: str, groups: int) -> str:
-  """'auto' → 'split' on the CPU backend (for up to MAX_SPLIT_GROUPS groups), else 'native'.
+  """'auto' → 'onednn' on the CPU backend where oneDNN is available, else 'split' there (for up to
+  MAX_SPLIT_GROUPS groups), else 'native'.
 
   'native' is one lax.conv_general_dilated with feature_group_count=groups. 'split' is the
-  CPU-friendly formulation of the same function: grouped convs as one dense conv per
+  CPU-friendly formulation of the same function in XLA: grouped convs as one dense conv per
   group (XLA's CPU backend runs grouped convs 10–30× slower than dense ones) and 1×1
-  convs as matrix products (no layout transposes in the backward pass). On GPU/TPU
-  the native ops are the right choice.
+  convs as matrix products (no layout transposes in the backward pass). 'onednn' runs oneDNN's
+  kernels (`nfnet_jax.onednn`; float32 1×1 convs stay XLA matrix products, which are as fast).
+  On GPU/TPU the native ops are the right choice.
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
+  if impl == "onednn" and not onednn.available():
+    raise ValueError(f"conv_impl='onednn': oneDNN is not available ({onednn.reason()}).")
   if impl == "auto":
-    use_split = groups <= MAX_SPLIT_GROUPS and jax.default_backend() == "cpu"
-    return "split" if use_split else "native"
+    if jax.default_backend() != "cpu":
+      return "native"
+    if onednn.available():
+      return "onednn"
+    return "split" if groups <= MAX_SPLIT_GROUPS else "native"
   return impl
+
+
+def bf16_products() -> bool:
+  """Whether the trace runs under ``jax.default_matmul_precision('bfloat16')`` (`precision.scope`)."""
+  return jax.config.jax_default_matmul_precision in ("bfloat16", "fastest")
 
 
 def conv2d(x: Array, w: Array, *, stride: tuple[int, int] = (1, 1),
@@ -194,7 +208,22 @@ def conv2d(x: Array, w: Array, *, stride: tuple[int, int] = (1, 1),
         x, w, window_strides=stride, padding=padding, rhs_dilation=rate,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
-  if resolve_conv_impl(impl, groups) == "native":
+  impl = resolve_conv_impl(impl, groups)
+  if impl == "onednn":
+    if x.dtype == jnp.float32 and bf16_products():
+      # float32 activations, bf16 convolution (`precision.scope`): round, convolve, widen.
+      x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+      if onednn.supports(x16, w16, rate):
+        return conv2d(x16, w16, stride=stride, padding=padding, groups=groups,
+                      impl="onednn").astype(jnp.float32)
+    if onednn.supports(x, w, rate):
+      if w.shape[:2] == (1, 1) and isinstance(padding, str) and groups == 1:
+        x = x[:, ::stride[0], ::stride[1], :]
+        out = onednn.matmul(x.reshape(-1, x.shape[-1]), w[0, 0])
+        return out.reshape(x.shape[:-1] + out.shape[-1:])
+      return onednn.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+    impl = "split" if groups <= MAX_SPLIT_GROUPS else "native"
+  if impl == "native":
     return dense(x, w, groups)
   if groups > 1:
     xs = jnp.split(x, groups, axis=-1)
@@ -248,7 +277,7 @@ class WSConv2D(hk.Module):
 
   Parameters are named `w` [kh, kw, in/groups, out], `gain` [out] (init 1) and `bias` [out]
   (init 0), created in that order, as in DeepMind's released checkpoints. Inputs are NHWC.
-  `conv_impl` ('auto' | 'native' | 'split') picks how grouped convs are computed (see
+  `conv_impl` ('auto' | 'native' | 'split' | 'onednn') picks how convs are computed (see
   `resolve_conv_impl`); it never changes the parameters.
   """
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfnet_jax import layers
+from nfnet_jax import layers, onednn
 
 
 def _normal(shape, seed):
@@ -239,10 +239,14 @@ def test_split_conv_equals_native_in_value_and_gradient(kernel, stride, groups):
 def test_conv_impl_resolution():
   assert layers.resolve_conv_impl("native", 4) == "native"
   assert layers.resolve_conv_impl("split", 4) == "split"
-  expected = "split" if jax.default_backend() == "cpu" else "native"
+  if jax.default_backend() != "cpu":
+    expected = "native"
+  else:
+    expected = "onednn" if onednn.available() else "split"
   assert layers.resolve_conv_impl("auto", 1) == expected
   assert layers.resolve_conv_impl("auto", 4) == expected
-  assert layers.resolve_conv_impl("auto", layers.MAX_SPLIT_GROUPS + 1) == "native"
+  many = "onednn" if expected == "onednn" else "native"
+  assert layers.resolve_conv_impl("auto", layers.MAX_SPLIT_GROUPS + 1) == many
   with pytest.raises(ValueError, match="conv_impl"):
     hk.transform(lambda: layers.WSConv2D(8, 3, conv_impl="fast")).init(None)
 

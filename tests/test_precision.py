@@ -1,17 +1,24 @@
-"""The compute-dtype policy: bf16 where the backend has bf16 kernels, float32 for a bf16 request on CPU."""
+"""The compute-dtype policy: bf16 where the backend has bf16 kernels; for a bf16 request on CPU, float32
+with the convolutions in bf16 where oneDNN has bf16 kernels, plain float32 where not."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfnet_jax import evaluate, models, optim, precision
+from nfnet_jax import evaluate, models, onednn, optim, precision
 from nfnet_jax.train import init_state, make_train_step
 
 NUM_CLASSES = 10
 
 
-def test_policy_keeps_bf16_on_accelerators_and_says_when_it_computes_in_float32():
+@pytest.fixture
+def no_bf16_convs(monkeypatch):
+  """As on a CPU where oneDNN has no bf16 kernels (or is not installed)."""
+  monkeypatch.setattr(onednn, 'native_bf16', lambda: False)
+
+
+def test_policy_keeps_bf16_on_accelerators_and_says_when_it_computes_in_float32(no_bf16_convs):
   for platform in ('gpu', 'tpu'):
     assert precision.compute_dtype(True, platform=platform) == jnp.bfloat16
     assert precision.note(True, platform=platform) is None
@@ -21,6 +28,16 @@ def test_policy_keeps_bf16_on_accelerators_and_says_when_it_computes_in_float32(
   assert 'computing in float32 on cpu' in precision.note(True, platform='cpu')
   assert precision.note(True, platform='cpu', cpu_bf16=True) is None
   assert precision.note(False, platform='cpu') is None
+  assert not precision.bf16_convs(True, platform='cpu')
+
+
+def test_policy_runs_convs_in_bf16_where_onednn_has_bf16_kernels(monkeypatch):
+  monkeypatch.setattr(onednn, 'native_bf16', lambda: True)
+  assert precision.compute_dtype(True, platform='cpu') == jnp.float32
+  assert precision.bf16_convs(True, platform='cpu')
+  assert not precision.bf16_convs(True, platform='cpu', cpu_bf16=True)  # bf16 everywhere instead
+  assert not precision.bf16_convs(True, platform='gpu') and not precision.bf16_convs(False, platform='cpu')
+  assert 'convolutions compute in bf16 on oneDNN' in precision.note(True, platform='cpu')
 
 
 def _model():
@@ -39,7 +56,7 @@ def _steps(model, **kwargs):
 
 
 @pytest.mark.slow  # three train-step compiles
-def test_bf16_request_on_cpu_equals_float32_and_cpu_bf16_rounds_to_bf16():
+def test_bf16_request_on_cpu_equals_float32_and_cpu_bf16_rounds_to_bf16(no_bf16_convs):
   rng = np.random.default_rng(0)
   batch = {'images': rng.normal(size=(1, 1, 4, 32, 32, 3)).astype(np.float32),
            'labels': rng.integers(0, NUM_CLASSES, size=(1, 1, 4)).astype(np.int32)}
@@ -61,7 +78,29 @@ def test_bf16_request_on_cpu_equals_float32_and_cpu_bf16_rounds_to_bf16():
   assert differs  # cpu_bf16 does compute in bf16
 
 
-def test_eval_step_follows_the_policy():
+@pytest.mark.slow  # two train-step compiles
+def test_bf16_convs_round_the_float32_step_to_bf16():
+  if not onednn.native_bf16():
+    pytest.skip(f'oneDNN has no bf16 kernels here ({onednn.reason() or onednn.kernel(jnp.bfloat16)})')
+  rng = np.random.default_rng(0)
+  batch = {'images': rng.normal(size=(1, 1, 4, 32, 32, 3)).astype(np.float32),
+           'labels': rng.integers(0, NUM_CLASSES, size=(1, 1, 4)).astype(np.int32)}
+  outputs = {}
+  for name, bf16 in {'f32': False, 'bf16': True}.items():
+    state, step = _steps(_model(), bf16=bf16)
+    state = jax.tree.map(lambda x: np.asarray(x)[None], state)
+    for _ in range(2):
+      state, metrics = step(state, batch)
+    outputs[name] = jax.device_get((state.params, metrics['loss']))
+  differs = False
+  for a, b in zip(jax.tree.leaves(outputs['f32']), jax.tree.leaves(outputs['bf16'])):
+    assert a.dtype == b.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=0.05, atol=2e-3)
+    differs |= not np.array_equal(a, b)
+  assert differs
+
+
+def test_eval_step_follows_the_policy(no_bf16_convs):
   model = _model()
   images = np.random.default_rng(1).normal(size=(1, 2, 32, 32, 3)).astype(np.float32)
   params, state = jax.jit(lambda r: model.init(r, jnp.asarray(images[0]), is_training=True))(jax.random.PRNGKey(0))

@@ -133,8 +133,8 @@ class NFNet(hk.Module):
     """Options as in DeepMind's NFNet, plus group_size, stem_width (see below), depths and
     widths (default: the variant's), for smaller test networks, and (neither changes the parameters):
 
-    conv_impl: 'auto' | 'native' | 'split', how grouped convs are computed
-      (see layers.resolve_conv_impl; 'auto' splits them per group on CPU).
+    conv_impl: 'auto' | 'native' | 'split' | 'onednn', how convs are computed
+      (see layers.resolve_conv_impl; on CPU 'auto' runs oneDNN where available).
     remat: recompute each residual block in the backward pass instead of storing its
       activations, trading compute for memory (see base.late_checkpoint).
     """

@@ -13,6 +13,7 @@ import numpy as np
 from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
 from nfnet_jax import extras
+from nfnet_jax import onednn
 from nfnet_jax import optim
 from nfnet_jax import precision
 from nfnet_jax.train import config as config_lib
@@ -133,9 +134,9 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
        f'{jax.process_count()} process(es)')
   if c.trainable:
     _log(is_main, optim.describe_trainable(state.params, c.trainable))
-  note = precision.note(c.bf16)
-  if note:
-    _log(is_main, note)
+  for note in (onednn.describe(), precision.note(c.bf16)):
+    if note:
+      _log(is_main, note)
 
   train_step = make_train_step(
       model, optimizer, schedule=schedule, num_classes=run.info.num_classes,

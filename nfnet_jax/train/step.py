@@ -53,7 +53,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
   micro-batch's own gradient (sam_mode='device') or from the all-reduced one ('global'). Loss,
   metrics and BN statistics come from the pass at w; the pass at w + ε̂ only gives gradients.
   `bf16` computes in bfloat16 where the backend has bf16 kernels and in float32 on CPU unless
-  `cpu_bf16` (`nfnet_jax.precision`).
+  `cpu_bf16`, with bf16 conv products where oneDNN has bf16 kernels (`nfnet_jax.precision`).
   """
   sam_lib.check(sam_rho, sam_mode)
   mix_spec = data_lib.parse_augment(augment)
@@ -62,9 +62,10 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
   def loss_fn(params, model_state, rng, images, labels):
     mix_rng, model_rng = jax.random.split(rng)
     images, targets = data_lib.mix_batch(mix_rng, images, labels, num_classes, mix_spec)
-    outputs, new_model_state = model.apply(
-        cast_floating(params, compute_dtype), model_state, model_rng,
-        images.astype(compute_dtype), is_training=True)
+    with precision.scope(bf16, cpu_bf16=cpu_bf16):
+      outputs, new_model_state = model.apply(
+          cast_floating(params, compute_dtype), model_state, model_rng,
+          images.astype(compute_dtype), is_training=True)
     logits = outputs['logits'].astype(jnp.float32)
     loss = jnp.mean(smoothed_cross_entropy(logits, targets, label_smoothing))
     new_model_state = jax.tree.map(lambda new, old: new.astype(old.dtype),
