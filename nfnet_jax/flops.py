@@ -1,7 +1,8 @@
 """Multiply-add (MAC) and parameter counts, read off the traced model rather than written by hand.
 
 :func:`count_macs` walks the jaxpr of any function (traced with shape-only arguments, so nothing is allocated or
-run) and adds up the multiply-adds of every ``conv_general_dilated`` and ``dot_general``, including those inside
+run) and adds up the multiply-adds of every ``conv_general_dilated`` and ``dot_general`` (and of
+`nfnet_jax.onednn`'s convolutions and matrix products), including those inside
 ``jit``, ``remat``/``checkpoint``, ``custom_jvp``/``custom_vjp`` and ``scan`` bodies. Activations, pooling,
 normalisation and weight standardization are not counted; that is also the convention of the papers' FLOP tables
 (1 multiply-add = 1 "FLOP"), whereas XLA's cost analysis counts 2 FLOPs per multiply-add plus elementwise work.
@@ -48,6 +49,22 @@ def _sub_jaxprs(value):
       yield from _sub_jaxprs(v)
 
 
+def _onednn_conv_macs(eqn):
+  # nfnet_jax.onednn's forward conv: out [n, oh, ow, o], w [kh, kw, in / groups, o].
+  kh, kw, in_per_group, _ = eqn.invars[1].aval.shape
+  return "conv", math.prod(eqn.outvars[0].aval.shape) * kh * kw * in_per_group
+
+
+def _onednn_matmul_macs(eqn):
+  # nfnet_jax.onednn's matmul: out [m, n] = op(a) op(b), a [m, k] or [k, m] if transposed.
+  transpose_a = dict(eqn.params["attributes"])["transpose_a"]
+  k = eqn.invars[0].aval.shape[0 if transpose_a else 1]
+  return "dot", math.prod(eqn.outvars[0].aval.shape) * k
+
+
+_ONEDNN_MACS = {"NfnetConvForward": _onednn_conv_macs, "NfnetMatmul": _onednn_matmul_macs}
+
+
 def _jaxpr_macs(jaxpr) -> Dict[str, int]:
   totals = {"conv": 0, "dot": 0}
   for eqn in jaxpr.eqns:
@@ -57,6 +74,10 @@ def _jaxpr_macs(jaxpr) -> Dict[str, int]:
       continue
     if name == "dot_general":
       totals["dot"] += _dot_macs(eqn)
+      continue
+    if name == "ffi_call" and eqn.params["target_name"] in _ONEDNN_MACS:
+      kind, macs = _ONEDNN_MACS[eqn.params["target_name"]](eqn)
+      totals[kind] += macs
       continue
     if name == "while":
       raise NotImplementedError("count_macs cannot count MACs inside a while loop (unknown trip count).")
