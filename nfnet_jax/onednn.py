@@ -130,18 +130,18 @@ def _call(pass_: str, out_shape, dtype, a, b, attrs):
   return jax.ffi.ffi_call(TARGETS[pass_], out, vmap_method="sequential")(a, b, **attrs)
 
 
+def _attrs(geometry):
+  (sh, sw), ((pt, pb), (pl, pr)), groups = geometry
+  return {k: np.int64(v) for k, v in
+          dict(sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr, groups=groups).items()}
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(x, w, geometry):
   (sh, sw), ((pt, pb), (pl, pr)), groups = geometry
   oh = (x.shape[1] + pt + pb - w.shape[0]) // sh + 1
   ow = (x.shape[2] + pl + pr - w.shape[1]) // sw + 1
   return _call("forward", (x.shape[0], oh, ow, w.shape[3]), x.dtype, x, w, _attrs(geometry))
-
-
-def _attrs(geometry):
-  (sh, sw), ((pt, pb), (pl, pr)), groups = geometry
-  return {k: np.int64(v) for k, v in
-          dict(sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr, groups=groups).items()}
 
 
 def _conv_fwd(x, w, geometry):

@@ -21,8 +21,9 @@ def _product(size):
 
 
 def test_side_by_side_alternates_and_divides_their_best_by_ours():
-  # A 64² product against 384² and 768² ones: 216 and 1728 times the work.
-  result = compare.side_by_side(_product(64), {'slow': _product(768), 'fast': _product(384)}, warmup=1,
+  # A 64² product against 768² and 1024² ones: 1728 and 4096 times the work (enough margin for
+  # the > 3 below even when a parallel test run loads the machine).
+  result = compare.side_by_side(_product(64), {'slow': _product(1024), 'fast': _product(768)}, warmup=1,
                                 steps=5)
   assert result['best'] == 'fast'
   assert set(result['theirs']) == {'slow', 'fast'}
