@@ -175,7 +175,7 @@ def resolve_conv_impl(impl: str, groups: int) -> str:
   CPU-friendly formulation of the same function in XLA: grouped convs as one dense conv per
   group (XLA's CPU backend runs grouped convs 10–30× slower than dense ones) and 1×1
   convs as matrix products (no layout transposes in the backward pass). 'onednn' runs oneDNN's
-  kernels (`nfnet_jax.onednn`; float32 1×1 convs stay XLA matrix products, which are as fast).
+  kernels (`nfnet_jax.onednn`; 1×1 convs as its matrix products).
   On GPU/TPU the native ops are the right choice.
   """
   if impl not in CONV_IMPLS:
@@ -193,7 +193,7 @@ def resolve_conv_impl(impl: str, groups: int) -> str:
 
 def bf16_products() -> bool:
   """Whether the trace runs under ``jax.default_matmul_precision('bfloat16')`` (`precision.scope`)."""
-  return jax.config.jax_default_matmul_precision in ("bfloat16", "fastest")
+  return jax.config.jax_default_matmul_precision == "bfloat16"
 
 
 def conv2d(x: Array, w: Array, *, stride: tuple[int, int] = (1, 1),
@@ -218,9 +218,7 @@ def conv2d(x: Array, w: Array, *, stride: tuple[int, int] = (1, 1),
                       impl="onednn").astype(jnp.float32)
     if onednn.supports(x, w, rate):
       if w.shape[:2] == (1, 1) and isinstance(padding, str) and groups == 1:
-        x = x[:, ::stride[0], ::stride[1], :]
-        out = onednn.matmul(x.reshape(-1, x.shape[-1]), w[0, 0])
-        return out.reshape(x.shape[:-1] + out.shape[-1:])
+        return _one_by_one(x, w, stride, onednn.matmul)
       return onednn.conv2d(x, w, stride=stride, padding=padding, groups=groups)
     impl = "split" if groups <= MAX_SPLIT_GROUPS else "native"
   if impl == "native":
@@ -231,13 +229,19 @@ def conv2d(x: Array, w: Array, *, stride: tuple[int, int] = (1, 1),
     return jnp.concatenate([conv2d(xg, wg, stride=stride, padding=padding, rate=rate,
                                    impl="split") for xg, wg in zip(xs, ws)], axis=-1)
   if w.shape[:2] == (1, 1) and isinstance(padding, str):
-    # A 1×1 conv never pads (SAME or VALID): subsample, then one [N·H·W, C] matrix product.
-    # The 2-D form matters: from a 4-D dot_general, XLA:CPU transposes the output gradient to
-    # [C, N·H·W] for the weight gradient (3× slower backward at NF-ResNet-50's shapes).
-    x = x[:, ::stride[0], ::stride[1], :]
-    out = jnp.dot(x.reshape(-1, x.shape[-1]), w[0, 0])
-    return out.reshape(x.shape[:-1] + out.shape[-1:])
+    return _one_by_one(x, w, stride, jnp.dot)
   return dense(x, w, 1)
+
+
+def _one_by_one(x: Array, w: Array, stride: tuple[int, int], matmul: Callable) -> Array:
+  """A 1×1 conv (it never pads, SAME or VALID): subsample, then one [N·H·W, C] matrix product.
+
+  The 2-D form matters: from a 4-D dot_general, XLA:CPU transposes the output gradient to
+  [C, N·H·W] for the weight gradient (3× slower backward at NF-ResNet-50's shapes).
+  """
+  x = x[:, ::stride[0], ::stride[1], :]
+  out = matmul(x.reshape(-1, x.shape[-1]), w[0, 0])
+  return out.reshape(x.shape[:-1] + out.shape[-1:])
 
 
 def max_pool(x: Array, window: int = 3, stride: int = 2) -> Array:
