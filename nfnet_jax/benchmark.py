@@ -19,32 +19,48 @@ import jax.numpy as jnp
 import numpy as np
 
 from nfnet_jax import flops as flops_lib
+from nfnet_jax import host_memory
 from nfnet_jax import models
 from nfnet_jax import precision
 
+EMA_DECAY = 0.99999  # the train step keeps an EMA of the weights, as the trainer does
 
-def time_alternating(fns: Sequence[Callable[[], Any]], *, warmup: int = 2, steps: int = 10) -> list[dict]:
+
+class Remote:
+  """A call that runs elsewhere (e.g. another process) and returns the seconds it took there."""
+
+  def __init__(self, run: Callable[[], float], close: Callable[[], Any] = lambda: None):
+    self.run, self.close = run, close
+
+
+def _seconds(fn: Callable[[], Any] | Remote) -> float:
+  if isinstance(fn, Remote):
+    return fn.run()
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def time_alternating(fns: Sequence[Callable[[], Any] | Remote], *, warmup: int = 2, steps: int = 10) -> list[dict]:
   """Times several functions taking turns (A B, B A, A B, ...), so drifts of machine speed hit all alike.
 
   Each runs ``warmup`` times untimed, then ``steps`` times timed; returns, per function, its median
-  and min seconds and all times.
+  and min seconds and all times. A `Remote` is timed where it runs.
   """
   if steps < 1 or warmup < 0:
     raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}.")
   for _ in range(warmup):
     for fn in fns:
-      jax.block_until_ready(fn())
+      _seconds(fn)
   times = [[] for _ in fns]
   for step in range(steps):
     order = range(len(fns)) if step % 2 == 0 else reversed(range(len(fns)))
     for i in order:
-      start = time.perf_counter()
-      jax.block_until_ready(fns[i]())
-      times[i].append(time.perf_counter() - start)
+      times[i].append(_seconds(fns[i]))
   return [{"median_s": statistics.median(t), "min_s": min(t), "times_s": t} for t in times]
 
 
-def time_calls(fn: Callable[[], Any], *, warmup: int = 2, steps: int = 10) -> dict:
+def time_calls(fn: Callable[[], Any] | Remote, *, warmup: int = 2, steps: int = 10) -> dict:
   """Runs ``fn`` ``warmup`` times untimed, then ``steps`` times timed; returns median/min seconds and all times."""
   return time_alternating([fn], warmup=warmup, steps=steps)[0]
 
@@ -176,7 +192,7 @@ def _compiled_train_step(cfg: StepConfig):
   optimizer = optim.create(opt_config, **schedule_args)
   schedule = optim.create_schedule(opt_config, **schedule_args)
   step_fn = step_lib.make_train_step(model, optimizer, schedule=schedule, num_classes=cfg.num_classes,
-                                     label_smoothing=0.1, bf16=cfg.dtype == "bfloat16", ema_decay=0.99999,
+                                     label_smoothing=0.1, bf16=cfg.dtype == "bfloat16", ema_decay=EMA_DECAY,
                                      augment="none", sam_rho=cfg.sam_rho, cpu_bf16=cfg.cpu_bf16)
   image_shape = (cfg.per_device(), cfg.image_size, cfg.image_size, 3)
   state = jax.jit(lambda rng: state_lib.init_state(model, optimizer, rng, image_shape))(jax.random.PRNGKey(0))
@@ -431,6 +447,7 @@ def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: in
              for m in model_names for r in remat for rho in sam_rho]
   for cfg in configs:
     cfg.validate()  # every argument error before the first compile
+  log(host_memory.describe())
   matmul = matmul_flops_per_s(matmul_size, warmup=warmup, steps=steps)
   log(f"matmul {matmul_size}^2 float32: {matmul['median_flops_per_s'] / 1e9:.1f} GFLOP/s")
   results = []
@@ -453,7 +470,8 @@ def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: in
                                   steps=steps))
   device = jax.devices()[0]
   return {"device": {"platform": device.platform, "kind": device.device_kind, "count": jax.local_device_count()},
-          "jax_version": jax.__version__, "matmul": matmul, "results": results}
+          "jax_version": jax.__version__, "host_memory": host_memory.describe(), "matmul": matmul,
+          "results": results}
 
 
 def prepare_mini_imagenet(root: str) -> str:

@@ -1,4 +1,7 @@
-"""How every script fails: one line saying what went wrong, the path and what to do; exit code != 0.
+"""How every script starts and fails.
+
+It starts by keeping freed host memory in the process (`nfnet_jax.host_memory`, before jax starts).
+It fails with one line saying what went wrong, the path and what to do; exit code != 0.
 
 The full traceback goes to a file in the temp folder (named on the line for unexpected errors) and to
 the console only with --verbose. `run(main)` replaces absl's `app.run(main)`; argparse scripts wrap
@@ -122,9 +125,15 @@ def _unknown_config_key(argv: Sequence[str]) -> str | None:
   return None
 
 
+def _start() -> None:
+  from nfnet_jax import host_memory  # pylint: disable=import-outside-toplevel
+  host_memory.keep_freed_memory()
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """absl's app.run(main) with every failure, flag parsing included, reported as one line."""
   from absl import app, flags  # pylint: disable=import-outside-toplevel
+  _start()
   if 'verbose' not in flags.FLAGS:
     flags.DEFINE_bool('verbose', False, VERBOSE_HELP)
   started = []
@@ -151,6 +160,7 @@ def run(main: Callable[[list[str]], None]) -> None:
 
 def guard(fn: Callable[[], int | None], argv: Sequence[str] | None = None) -> int:
   """Runs fn() for an argparse script; returns its exit code, or fail()'s for an exception."""
+  _start()
   try:
     code = fn()
     return code if isinstance(code, int) else 0

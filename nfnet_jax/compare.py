@@ -1,17 +1,23 @@
-"""Speed side by side with timm (PyTorch): the same training step and eval forward, taking turns in one process.
+"""Speed side by side with timm (PyTorch): the same training step and eval forward, taking turns.
 
 timm's step mirrors ours: forward in training mode, label-smoothed cross-entropy, backward, timm's
-``adaptive_clip_grad`` over every parameter but the classifier's (as our AGC), Nesterov SGD; bf16 runs
-under ``torch.autocast(bfloat16)``. Ours also updates the EMA of the parameters, which timm's does
-not. Each timm variant (memory format, ``torch.compile``) takes turns with ours
+``adaptive_clip_grad`` over every parameter but the classifier's (as our AGC), Nesterov SGD and
+timm's ``ModelEmaV3`` update of the weights' EMA (as our trainer's); bf16 runs under
+``torch.autocast(bfloat16)``. torch runs in a process of its own (`TorchProcess`), as users run
+it, and each timm variant (memory format, ``torch.compile``) takes turns with ours step by step
 (`benchmark.time_alternating`), so drifts of the machine's speed hit all alike; the ratio is timm's
-best median over ours. torch and timm are imported only here and only when asked for: they are no
-dependency of nfnet-jax.
-"""
+best median over ours. torch and timm are imported only in that process and only when asked for:
+they are no dependency of nfnet-jax."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import subprocess
+import sys
+import tempfile
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -19,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nfnet_jax import benchmark
+from nfnet_jax import host_memory
 from nfnet_jax import layers
 
 # Our model name -> timm's model of the same architecture.
@@ -73,14 +80,15 @@ def match_threads(torch) -> int:
   return threads
 
 
-def _torch_device(torch) -> str:
-  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+def torch_device() -> str:
+  """Where torch runs: on the GPU when jax does, else on the CPU."""
+  return "cuda" if jax.default_backend() == "gpu" else "cpu"
 
 
 def timm_runner(kind: str, cfg: benchmark.StepConfig, variant: str, device: str) -> Callable[[], None]:
   """timm's train step or eval forward for ``cfg`` as a function that returns once the work is done."""
   torch, timm = import_torch()
-  from timm.utils import adaptive_clip_grad  # pylint: disable=import-outside-toplevel
+  from timm.utils import ModelEmaV3, adaptive_clip_grad  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
 
   torch.manual_seed(0)
@@ -108,6 +116,7 @@ def timm_runner(kind: str, cfg: benchmark.StepConfig, variant: str, device: str)
   head = {id(p) for p in model.get_classifier().parameters()}
   clipped = [p for p in model.parameters() if id(p) not in head]
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=2e-5)
+  ema = ModelEmaV3(model, decay=benchmark.EMA_DECAY)  # ours keeps an EMA too
 
   def run():
     with autocast():
@@ -118,6 +127,7 @@ def timm_runner(kind: str, cfg: benchmark.StepConfig, variant: str, device: str)
     if cfg.clipping:
       adaptive_clip_grad(clipped, clip_factor=cfg.clipping, eps=1e-3)
     optimizer.step()
+    ema.update(model)
     sync()
 
   return run
@@ -136,18 +146,18 @@ def side_by_side(ours: Callable[[], Any], theirs: dict[str, Callable[[], Any]], 
           "speedup_min": min(t["min_s"] for t in their_timings.values()) / timings[0]["min_s"]}
 
 
-def compare(kind: str, cfg: benchmark.StepConfig, matmul: dict, *, variants: Sequence[str], warmup: int = 2,
-            steps: int = 10) -> dict:
-  """Our train step or eval step for ``cfg`` against timm's ``variants``, alternating in this process."""
-  torch, _ = import_torch()
-  device = _torch_device(torch)
+def compare(kind: str, cfg: benchmark.StepConfig, matmul: dict, torch: TorchProcess, *,
+            variants: Sequence[str], warmup: int = 2, steps: int = 10) -> dict:
+  """Our train step or eval step for ``cfg`` against timm's ``variants`` (in ``torch``), taking turns."""
   runner = {"train": benchmark._train_runner, "eval": benchmark._eval_runner}[kind]  # pylint: disable=protected-access
   ours, record = runner(cfg)
-  theirs = {v: timm_runner(kind, cfg, v, device) for v in variants}
+  theirs = {v: torch.runner(kind, cfg=dataclasses.asdict(cfg), variant=v) for v in variants}
   result = side_by_side(ours, theirs, warmup=warmup, steps=steps)
+  for fn in theirs.values():
+    fn.close()
   return {"kind": f"compare_{kind}", "ours": record(result["ours"], matmul),
           "theirs": {v: {**t, "images_per_s": cfg.batch_size / t["median_s"]} for v, t in result["theirs"].items()},
-          "timm_model": TIMM_MODELS[cfg.model], "torch_version": torch.__version__, "torch_device": device,
+          "timm_model": TIMM_MODELS[cfg.model], "torch_version": torch.torch_version,
           **{k: result[k] for k in ("best", "speedup_median", "speedup_min")}}
 
 
@@ -179,10 +189,10 @@ def jax_conv_passes(op: str, batch_size: int, dtype: str) -> dict[str, Callable[
           "input_grad": lambda: dgrad(x, w, g)}
 
 
-def torch_conv_passes(op: str, batch_size: int, dtype: str, layout: str) -> dict[str, Callable[[], None]]:
+def torch_conv_passes(op: str, batch_size: int, dtype: str, layout: str,
+                      device: str) -> dict[str, Callable[[], None]]:
   """torch's conv2d for ``op`` and its two gradients (torch.nn.grad), in ``layout`` (nchw/nhwc)."""
   torch, _ = import_torch()
-  device = _torch_device(torch)
   cin, cout, k, groups, side = CONV_OPS[op]
   fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
   dt = getattr(torch, dtype)
@@ -207,16 +217,19 @@ def torch_conv_passes(op: str, batch_size: int, dtype: str, layout: str) -> dict
           "input_grad": timed(lambda: torch.nn.grad.conv2d_input(x.shape, w, g, padding=pad, groups=groups))}
 
 
-def compare_conv_ops(batch_size: int, dtype: str, *, warmup: int = 2, steps: int = 10) -> list[dict]:
-  """Every pass of every `CONV_OPS` entry, ours against torch's best layout, taking turns."""
+def compare_conv_ops(batch_size: int, dtype: str, torch: TorchProcess, *, warmup: int = 2,
+                     steps: int = 10) -> list[dict]:
+  """Every pass of every `CONV_OPS` entry, ours against torch's best layout (in ``torch``), taking turns."""
   results = []
   for op in CONV_OPS:
     ours = jax_conv_passes(op, batch_size, dtype)
-    theirs = {layout: torch_conv_passes(op, batch_size, dtype, layout) for layout in ("nchw", "nhwc")}
     work = conv_op_flops(op, batch_size)
     for name in PASSES:
-      r = side_by_side(ours[name], {layout: fns[name] for layout, fns in theirs.items()},
-                       warmup=warmup, steps=steps)
+      theirs = {layout: torch.runner("conv", op=op, batch_size=batch_size, dtype=dtype, layout=layout, **{"pass": name})
+                for layout in ("nchw", "nhwc")}
+      r = side_by_side(ours[name], theirs, warmup=warmup, steps=steps)
+      for fn in theirs.values():
+        fn.close()
       results.append({"kind": "compare_ops", "op": op, "pass": name, "dtype": dtype, "batch_size": batch_size,
                       "flops": work, "ours_median_s": r["ours"]["median_s"],
                       "ours_flops_per_s": work / r["ours"]["median_s"], "best": r["best"],
@@ -236,10 +249,9 @@ def format_ops_table(results: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
-def torch_matmul_flops_per_s(size: int, dtype: str, *, warmup: int = 2, steps: int = 10) -> float:
-  """torch's median FLOP/s of a ``size``² product (bf16 through its own kernels, e.g. oneDNN's AMX on CPU)."""
+def torch_matmul(size: int, dtype: str, device: str) -> Callable[[], None]:
+  """A ``size``² torch product (bf16 through its own kernels, e.g. oneDNN's AMX on CPU)."""
   torch, _ = import_torch()
-  device = _torch_device(torch)
   a = torch.ones(size, size, dtype=getattr(torch, dtype), device=device)
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -247,7 +259,107 @@ def torch_matmul_flops_per_s(size: int, dtype: str, *, warmup: int = 2, steps: i
     torch.matmul(a, a)
     sync()
 
-  return 2.0 * size**3 / benchmark.time_calls(run, warmup=warmup, steps=steps)["median_s"]
+  return run
+
+
+def _torch_work(what: str, args: dict, device: str) -> Callable[[], None]:
+  """The torch function `TorchProcess.runner` asks for, built in the torch process."""
+  if what in ("train", "eval"):
+    return timm_runner(what, benchmark.StepConfig(**args["cfg"]), args["variant"], device)
+  if what == "conv":
+    return torch_conv_passes(args["op"], args["batch_size"], args["dtype"], args["layout"], device)[args["pass"]]
+  if what == "matmul":
+    return torch_matmul(args["size"], args["dtype"], device)
+  raise ValueError(f"unknown torch work {what!r}")
+
+
+def serve() -> None:
+  """The torch process's loop: one JSON request per line on stdin, one JSON reply per line."""
+  replies = os.fdopen(os.dup(1), "w", buffering=1)
+  os.dup2(2, 1)  # whatever torch or timm print goes to the log, not into the replies
+  works, device = {}, "cpu"
+  for line in sys.stdin:
+    request = json.loads(line)
+    try:
+      if request["op"] == "hello":
+        torch, timm = import_torch()
+        device = request["device"]
+        if device == "cuda" and not torch.cuda.is_available():
+          raise CompareError("jax runs on the GPU but this torch has no CUDA; install a CUDA build of torch.")
+        reply = {"torch": torch.__version__, "timm": timm.__version__, "threads": match_threads(torch)}
+      elif request["op"] == "build":
+        works[request["id"]] = _torch_work(request["what"], request["args"], device)
+        reply = {}
+      elif request["op"] == "run":
+        start = time.perf_counter()
+        works[request["id"]]()
+        reply = {"s": time.perf_counter() - start}
+      else:  # "drop"
+        works.pop(request["id"], None)
+        reply = {}
+    except Exception as e:  # pylint: disable=broad-except
+      reply = {"error": str(e) if isinstance(e, CompareError) else f"{type(e).__name__}: {e}"}
+    replies.write(json.dumps(reply) + "\n")
+
+
+class TorchProcess:
+  """torch and timm in a child process of their own, as users run them.
+
+  In one process with jax, libgomp gives oneDNN's calls from XLA's threads and torch's from Python
+  OpenMP teams of their own, more threads than cores, and then all but stops spin-waiting: timm's
+  F0 step took 1.44 s there and 1.12 s alone. The child idles while ours runs, and ours while it runs.
+  """
+
+  def __init__(self, device: str):
+    self._log = tempfile.TemporaryFile(mode="w+")
+    self._proc = subprocess.Popen([sys.executable, "-c", "from nfnet_jax import compare; compare.serve()"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
+    self._ids = 0
+    try:
+      hello = self._ask({"op": "hello", "device": device})
+    except CompareError:
+      self.close()
+      raise
+    self.torch_version, self.timm_version, self.threads = hello["torch"], hello["timm"], hello["threads"]
+
+  def _ask(self, request: dict) -> dict:
+    try:
+      self._proc.stdin.write(json.dumps(request) + "\n")
+      self._proc.stdin.flush()
+      line = self._proc.stdout.readline()
+    except (BrokenPipeError, OSError):
+      line = ""
+    if not line:
+      self._log.seek(0)
+      tail = " | ".join(self._log.read().strip().splitlines()[-3:])
+      raise CompareError(f"the torch process stopped ({tail or 'no output'}).")
+    reply = json.loads(line)
+    if "error" in reply:
+      raise CompareError(f"torch process: {reply['error']}")
+    return reply
+
+  def runner(self, what: str, **args) -> benchmark.Remote:
+    """Builds torch work there (see `_torch_work`); the returned call runs it once and reports its seconds."""
+    self._ids += 1
+    work_id = self._ids
+    self._ask({"op": "build", "id": work_id, "what": what, "args": args})
+    return benchmark.Remote(lambda: self._ask({"op": "run", "id": work_id})["s"],
+                            close=lambda: self._ask({"op": "drop", "id": work_id}))
+
+  def close(self) -> None:
+    if self._proc.poll() is None:
+      self._proc.stdin.close()
+      try:
+        self._proc.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        self._proc.kill()
+    self._log.close()
+
+  def __enter__(self) -> "TorchProcess":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 def format_table(results: Sequence[dict], rates: dict) -> str:
@@ -277,29 +389,32 @@ def run_compare(what: Sequence[str], model_names: Sequence[str], *, dtypes: Sequ
                                   clipping=clipping, cpu_bf16=cpu_bf16) for m in model_names for d in dtypes]
   for cfg in configs:
     cfg.validate()
-  torch, timm = import_torch()
-  threads = match_threads(torch)
-  log(f"torch {torch.__version__}, timm {timm.__version__}, {threads} torch threads")
-  matmul = benchmark.matmul_flops_per_s(matmul_size, warmup=warmup, steps=steps)
-  rates = {"size": matmul_size, "jax_float32": matmul["median_flops_per_s"],
-           "jax_bfloat16": benchmark.matmul_flops_per_s(matmul_size, "bfloat16", warmup=warmup,
-                                                        steps=steps)["median_flops_per_s"],
-           **{f"torch_{d}": torch_matmul_flops_per_s(matmul_size, d, warmup=warmup, steps=steps)
-              for d in ("float32", "bfloat16")}}
-  log(format_table([], rates).splitlines()[0])
-  results, ops = [], []
-  for cfg in configs:
-    for kind in what:
-      if kind == "ops":
-        continue
-      log(f"{kind}: {cfg.model} {cfg.dtype} against timm {TIMM_MODELS[cfg.model]} {list(variants)} ...")
-      results.append(compare(kind, cfg, matmul, variants=variants, warmup=warmup, steps=steps))
-      log(format_table(results[-1:], rates).splitlines()[-1])
-  if "ops" in what:
-    for dtype in dtypes:
-      log(f"ops: NFNet-F0's convolutions at batch {batch_size}, {dtype}, against torch ...")
-      ops += compare_conv_ops(batch_size, dtype, warmup=warmup, steps=steps)
+  with TorchProcess(torch_device()) as torch:
+    log(f"torch {torch.torch_version}, timm {torch.timm_version}, {torch.threads} torch threads (a process of "
+        f"its own); {host_memory.describe()}")
+    matmul = benchmark.matmul_flops_per_s(matmul_size, warmup=warmup, steps=steps)
+    rates = {"size": matmul_size, "jax_float32": matmul["median_flops_per_s"],
+             "jax_bfloat16": benchmark.matmul_flops_per_s(matmul_size, "bfloat16", warmup=warmup,
+                                                          steps=steps)["median_flops_per_s"]}
+    for d in ("float32", "bfloat16"):
+      fn = torch.runner("matmul", size=matmul_size, dtype=d)
+      rates[f"torch_{d}"] = 2.0 * matmul_size**3 / benchmark.time_calls(fn, warmup=warmup, steps=steps)["median_s"]
+      fn.close()
+    log(format_table([], rates).splitlines()[0])
+    results, ops = [], []
+    for cfg in configs:
+      for kind in what:
+        if kind == "ops":
+          continue
+        log(f"{kind}: {cfg.model} {cfg.dtype} against timm {TIMM_MODELS[cfg.model]} {list(variants)} ...")
+        results.append(compare(kind, cfg, matmul, torch, variants=variants, warmup=warmup, steps=steps))
+        log(format_table(results[-1:], rates).splitlines()[-1])
+    if "ops" in what:
+      for dtype in dtypes:
+        log(f"ops: NFNet-F0's convolutions at batch {batch_size}, {dtype}, against torch ...")
+        ops += compare_conv_ops(batch_size, dtype, torch, warmup=warmup, steps=steps)
   device = jax.devices()[0]
   return {"device": {"platform": device.platform, "kind": device.device_kind}, "jax_version": jax.__version__,
-          "torch_version": torch.__version__, "timm_version": timm.__version__, "torch_threads": threads,
+          "torch_version": torch.torch_version, "timm_version": torch.timm_version, "torch_threads": torch.threads,
+          "torch_device": torch_device(), "host_memory": host_memory.describe(),
           "matmul": rates, "results": results, "ops": ops}

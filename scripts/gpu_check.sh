@@ -6,7 +6,7 @@
 #
 # Made for the H200 machine (Python 3.12, jax 0.11 with CUDA, torch, timm, optax, chex, orbax; no dm-haiku,
 # ml-collections or TensorFlow): the wheels in .whl/ (git-ignored) install with --no-index. Measures, each
-# alternating ours and timm's in one process (scripts/benchmark.py --compare=timm): F0 and F1 train steps
+# alternating ours and timm's, timm in a process of its own (scripts/benchmark.py --compare=timm): F0 and F1 train steps
 # in bf16 at per-device batch 64 and 128 at 192 px against timm with AMP bf16 + channels_last, eager and
 # under torch.compile; eval forward at 256 px (batch 128). Each measurement has its own time limit within
 # a total budget (BUDGET_S, default 285 s), so what finished is kept when one runs long. Without a GPU (CHECK_TINY=1, or no nvidia-smi) it runs the
@@ -30,7 +30,7 @@ if [ -n "$missing" ]; then
   export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-# JAX takes 75% of GPU memory by default; leave torch room in the same process.
+# JAX takes 75% of GPU memory by default; leave room for the torch process on the same GPU.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
 
 if [ -z "${CHECK_TINY:-}" ] && command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then

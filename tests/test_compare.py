@@ -1,5 +1,7 @@
-"""The --compare=timm mode without torch: its timing loop and ratios, and its argument errors."""
+"""The --compare=timm mode without torch: its timing loop and ratios, its torch process, its argument errors."""
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nfnet_jax import benchmark
 from nfnet_jax import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,3 +93,31 @@ def test_script_says_what_is_missing_before_building_anything():
   assert done.returncode != 0 and 'no timm equivalent' in done.stderr.strip().splitlines()[-1]
   done = _benchmark_without_torch('--compare=timm', '--steps=3')
   assert done.returncode != 0 and 'at least 10 steps' in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_remote_call_is_timed_where_it_ran():
+  # The torch process reports its own seconds; the pipe's round trip must not count as theirs.
+  calls = []
+  remote = benchmark.Remote(lambda: calls.append(1) or 0.25)
+  ours, theirs = benchmark.time_alternating([_product(64), remote], warmup=2, steps=4)
+  assert len(calls) == 6
+  assert theirs == {'median_s': 0.25, 'min_s': 0.25, 'times_s': [0.25] * 4}
+  assert ours['median_s'] < 0.25
+
+
+def test_the_torch_process_answers_each_request_on_one_line():
+  requests = [{'op': 'build', 'id': 1, 'what': 'resnet', 'args': {}}, {'op': 'run', 'id': 7},
+              {'op': 'drop', 'id': 7}]
+  done = subprocess.run([sys.executable, '-c', 'from nfnet_jax import compare; print("noise"); compare.serve()'],
+                        input=''.join(json.dumps(r) + '\n' for r in requests), cwd=ROOT, capture_output=True,
+                        text=True, timeout=120, env={**os.environ, 'PYTHONPATH': ROOT})
+  assert done.returncode == 0, done.stderr
+  replies = [json.loads(line) for line in done.stdout.splitlines()[1:]]
+  assert done.stdout.splitlines()[0] == 'noise'   # printed before serve() took over stdout
+  assert replies == [{'error': "ValueError: unknown torch work 'resnet'"}, {'error': 'KeyError: 7'}, {}]
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is not None, reason='torch is installed here')
+def test_the_torch_process_says_what_is_missing():
+  with pytest.raises(compare.CompareError, match='needs torch and timm.*pip install torch timm'):
+    compare.TorchProcess('cpu')
