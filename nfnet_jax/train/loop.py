@@ -13,6 +13,7 @@ import numpy as np
 from nfnet_jax import data as data_lib
 from nfnet_jax import evaluate as eval_lib
 from nfnet_jax import extras
+from nfnet_jax import host_memory
 from nfnet_jax import onednn
 from nfnet_jax import optim
 from nfnet_jax import precision
@@ -134,7 +135,7 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
        f'{jax.process_count()} process(es)')
   if c.trainable:
     _log(is_main, optim.describe_trainable(state.params, c.trainable))
-  for note in (onednn.describe(), precision.note(c.bf16)):
+  for note in (onednn.describe(), host_memory.describe(), precision.note(c.bf16)):
     if note:
       _log(is_main, note)
 
