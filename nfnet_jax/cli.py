@@ -1,6 +1,7 @@
 """How every script starts and fails.
 
-It starts by keeping freed host memory in the process (`nfnet_jax.host_memory`, before jax starts).
+It starts by keeping freed host memory in the process where asked (`nfnet_jax.host_memory`, before jax
+starts).
 It fails with one line saying what went wrong, the path and what to do; exit code != 0.
 
 The full traceback goes to a file in the temp folder (named on the line for unexpected errors) and to

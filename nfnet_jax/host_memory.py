@@ -6,9 +6,11 @@ thread's arena with a fresh mmap and unmaps them on free, so every step page-fau
 in again and the kernel zeroes it: on a 2-core VM that was 79k faults and 0.1–1.7 s of system time
 per F0 step (1.0–2.3 s steps). `keep_freed_memory` tells glibc to serve every thread from one heap
 without mmap and never to trim it, as PyTorch's CPU processes effectively run: the process's resident
-memory then stays at its peak. It must run before jax starts its backend (its threads pick their
-arenas then); every script does so through `nfnet_jax.cli`. Only on glibc and only where jax will
-run on the CPU (no accelerator plugin); ``NFNET_JAX_KEEP_FREED_MEMORY=0`` turns it off.
+memory then stays at its peak. One arena costs small-tensor work, though: the quickstart trained
+in 37 s against 29 s without it, so it is on where asked: ``NFNET_JAX_KEEP_FREED_MEMORY=1``, or
+by default for `scripts/benchmark.py` (``=0`` turns it off there). It must run before jax starts
+its backend (its threads pick their arenas then); every script calls it through `nfnet_jax.cli`.
+Only on glibc and only where jax will run on the CPU (no accelerator plugin).
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ def _backend_started() -> bool:
   return getattr(xla_bridge, "backends_are_initialized", lambda: False)()
 
 
-def keep_freed_memory() -> str:
-  """Applies the policy (once) where it helps; returns the line `describe()` reports."""
+def keep_freed_memory(default: bool = False) -> str:
+  """Applies the policy (once) if asked (``default`` unless the environment says); returns `describe()`'s line."""
   global _note
   if _note is not None:
     return _note
-  if os.environ.get("NFNET_JAX_KEEP_FREED_MEMORY") == "0":
-    _note = "host memory: left to malloc (NFNET_JAX_KEEP_FREED_MEMORY=0)"
+  asked = os.environ.get("NFNET_JAX_KEEP_FREED_MEMORY", "1" if default else "0") != "0"
+  if not asked:
+    _note = "host memory: left to malloc (NFNET_JAX_KEEP_FREED_MEMORY=1 keeps freed memory in the process)"
   elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     _note = "host memory: left to malloc (not glibc)"
   elif _backend_started():

@@ -21,6 +21,7 @@ from absl import app, flags, logging
 
 from nfnet_jax import benchmark, cli
 from nfnet_jax import compare
+from nfnet_jax import host_memory
 from nfnet_jax import paths
 
 flags.DEFINE_list('what', ['train'], f'Measurements to run, any of {list(benchmark.SUITES)}.')
@@ -96,4 +97,5 @@ def _write(summary):
 
 
 if __name__ == '__main__':
+  host_memory.keep_freed_memory(default=True)   # large steps on CPU: see nfnet_jax.host_memory
   cli.run(main)
