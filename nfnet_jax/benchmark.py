@@ -447,7 +447,8 @@ def run_suite(what: Sequence[str], model_names: Sequence[str], *, batch_size: in
              for m in model_names for r in remat for rho in sam_rho]
   for cfg in configs:
     cfg.validate()  # every argument error before the first compile
-  log(host_memory.describe())
+  if host_memory.describe():
+    log(host_memory.describe())
   matmul = matmul_flops_per_s(matmul_size, warmup=warmup, steps=steps)
   log(f"matmul {matmul_size}^2 float32: {matmul['median_flops_per_s'] / 1e9:.1f} GFLOP/s")
   results = []

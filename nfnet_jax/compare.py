@@ -391,7 +391,7 @@ def run_compare(what: Sequence[str], model_names: Sequence[str], *, dtypes: Sequ
     cfg.validate()
   with TorchProcess(torch_device()) as torch:
     log(f"torch {torch.torch_version}, timm {torch.timm_version}, {torch.threads} torch threads (a process of "
-        f"its own); {host_memory.describe()}")
+        f"its own){'; ' + host_memory.describe() if host_memory.describe() else ''}")
     matmul = benchmark.matmul_flops_per_s(matmul_size, warmup=warmup, steps=steps)
     rates = {"size": matmul_size, "jax_float32": matmul["median_flops_per_s"],
              "jax_bfloat16": benchmark.matmul_flops_per_s(matmul_size, "bfloat16", warmup=warmup,

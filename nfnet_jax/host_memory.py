@@ -52,13 +52,13 @@ def _backend_started() -> bool:
 
 
 def keep_freed_memory(default: bool = False) -> str:
-  """Applies the policy (once) if asked (``default`` unless the environment says); returns `describe()`'s line."""
+  """Applies the policy (once) if asked (``default``, unless the environment says); returns `describe()`."""
   global _note
   if _note is not None:
     return _note
   asked = os.environ.get("NFNET_JAX_KEEP_FREED_MEMORY", "1" if default else "0") != "0"
   if not asked:
-    _note = "host memory: left to malloc (NFNET_JAX_KEEP_FREED_MEMORY=1 keeps freed memory in the process)"
+    _note = ""  # glibc's defaults, nothing to report
   elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     _note = "host memory: left to malloc (not glibc)"
   elif _backend_started():
@@ -75,4 +75,5 @@ def keep_freed_memory(default: bool = False) -> str:
 
 
 def describe() -> str:
-  return _note or "host memory: left to malloc (keep_freed_memory() not called)"
+  """What `keep_freed_memory` did, for the logs ('' when it was not asked to)."""
+  return _note or ""
