@@ -225,7 +225,7 @@ def compare_conv_ops(batch_size: int, dtype: str, torch: TorchProcess, *, warmup
     ours = jax_conv_passes(op, batch_size, dtype)
     work = conv_op_flops(op, batch_size)
     for name in PASSES:
-      theirs = {layout: torch.runner("conv", op=op, batch_size=batch_size, dtype=dtype, layout=layout, **{"pass": name})
+      theirs = {layout: torch.runner("conv", op=op, batch_size=batch_size, dtype=dtype, layout=layout, pass_name=name)
                 for layout in ("nchw", "nhwc")}
       r = side_by_side(ours[name], theirs, warmup=warmup, steps=steps)
       for fn in theirs.values():
@@ -267,7 +267,7 @@ def _torch_work(what: str, args: dict, device: str) -> Callable[[], None]:
   if what in ("train", "eval"):
     return timm_runner(what, benchmark.StepConfig(**args["cfg"]), args["variant"], device)
   if what == "conv":
-    return torch_conv_passes(args["op"], args["batch_size"], args["dtype"], args["layout"], device)[args["pass"]]
+    return torch_conv_passes(args["op"], args["batch_size"], args["dtype"], args["layout"], device)[args["pass_name"]]
   if what == "matmul":
     return torch_matmul(args["size"], args["dtype"], device)
   raise ValueError(f"unknown torch work {what!r}")

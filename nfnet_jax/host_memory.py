@@ -6,7 +6,7 @@ thread's arena with a fresh mmap and unmaps them on free, so every step page-fau
 in again and the kernel zeroes it: on a 2-core VM that was 79k faults and 0.1–1.7 s of system time
 per F0 step (1.0–1.9 s steps). `keep_freed_memory` tells glibc to serve every thread from one heap
 without mmap and never to trim it: the process's resident memory then stays at its peak (4.0 GB
-over 70 F0 steps, 4.6 GB with glibc's defaults). One arena costs small-tensor work, though: the quickstart trained
+over 70 F0 steps, 4.6 GB over 20 with glibc's defaults). One arena costs small-tensor work, though: the quickstart trained
 in 37 s against 29 s without it, so it is on where asked: ``NFNET_JAX_KEEP_FREED_MEMORY=1``, or
 by default for `scripts/benchmark.py` (``=0`` turns it off there). It must run before jax starts
 its backend (its threads pick their arenas then); every script calls it through `nfnet_jax.cli`.
