@@ -193,7 +193,8 @@ def _compiled_train_step(cfg: StepConfig):
   schedule = optim.create_schedule(opt_config, **schedule_args)
   step_fn = step_lib.make_train_step(model, optimizer, schedule=schedule, num_classes=cfg.num_classes,
                                      label_smoothing=0.1, bf16=cfg.dtype == "bfloat16", ema_decay=EMA_DECAY,
-                                     augment="none", sam_rho=cfg.sam_rho, cpu_bf16=cfg.cpu_bf16)
+                                     augment="none", sam_rho=cfg.sam_rho, cpu_bf16=cfg.cpu_bf16,
+                                     fused_update=optim.create_fused(opt_config, **schedule_args))
   image_shape = (cfg.per_device(), cfg.image_size, cfg.image_size, 3)
   state = jax.jit(lambda rng: state_lib.init_state(model, optimizer, rng, image_shape))(jax.random.PRNGKey(0))
   state = _put(_stack(state, len(devices)), devices)

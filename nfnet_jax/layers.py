@@ -244,27 +244,74 @@ def _one_by_one(x: Array, w: Array, stride: tuple[int, int], matmul: Callable) -
   return out.reshape(x.shape[:-1] + out.shape[-1:])
 
 
-def max_pool(x: Array, window: int = 3, stride: int = 2) -> Array:
-  """NHWC max pool with SAME padding, as the elementwise max of window² strided slices.
-
-  The same values as hk.max_pool. Its gradient is a chain of selects, where XLA:CPU expands
-  reduce_window's into iotas and a scatter (NF-ResNet-50 step 2% faster). Where inputs tie for a
-  window's maximum, the gradient is shared between them.
-  """
-  n, h, w, c = x.shape
+def _pool_geometry(shape, window: int, stride: int):
+  """SAME padding of a window²/stride pool: ((top, bottom), (left, right)) and the output size."""
+  _, h, w, _ = shape
   out_h, out_w = -(-h // stride), -(-w // stride)
   pad_h = max((out_h - 1) * stride + window - h, 0)
   pad_w = max((out_w - 1) * stride + window - w, 0)
-  x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
-              constant_values=-jnp.inf)
-  out = None
-  for i in range(window):
-    for j in range(window):
-      tap = jax.lax.slice(x, (0, i, j, 0),
-                          (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
-                          (1, stride, stride, 1))
-      out = tap if out is None else jnp.maximum(out, tap)
-  return out
+  return ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)), (out_h, out_w)
+
+
+def _pool_taps(x: Array, window: int, stride: int) -> list[Array]:
+  """The window² strided slices of the padded input, row-major: tap (i, j) holds x[s·y + i, s·x + j]."""
+  (ph, pw), (out_h, out_w) = _pool_geometry(x.shape, window, stride)
+  x = jnp.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=-jnp.inf)
+  n, c = x.shape[0], x.shape[3]
+  return [jax.lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+                        (1, stride, stride, 1))
+          for i in range(window) for j in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool(x: Array, window: int = 3, stride: int = 2) -> Array:
+  """NHWC max pool with SAME padding: the elementwise max of window² strided slices.
+
+  The same values and gradient as hk.max_pool (lax.reduce_window): each window's gradient goes to
+  its first maximal input, row-major. The backward pass is written by hand (the winning tap of
+  each window, then one shifted sum per stride parity), where XLA:CPU expands reduce_window's
+  gradient into iotas and a scatter and autodiff of the max chain recomputes it per tap.
+  """
+  return functools.reduce(jnp.maximum, _pool_taps(x, window, stride))
+
+
+def _max_pool_fwd(x, window, stride):
+  out = max_pool(x, window, stride)
+  return out, (x, out)
+
+
+def _max_pool_bwd(window, stride, residuals, dy):
+  # Tap (i, j) of output (y, x) reads padded input (s·y + i, s·x + j). With i = s·a + p, the input
+  # rows of parity p are the rows y + a of the taps (s·a + p, ·): each parity block of the padded
+  # gradient is a sum of shifted tap gradients, and the blocks interleave by a reshape.
+  x, out = residuals
+  n, h, w, c = x.shape
+  (ph, pw), (out_h, out_w) = _pool_geometry(x.shape, window, stride)
+  taps = _pool_taps(x, window, stride)
+  winner = jnp.full(out.shape, len(taps), jnp.int8)
+  for t in reversed(range(len(taps))):
+    winner = jnp.where(taps[t] == out, jnp.int8(t), winner)
+  winner, dy = jax.lax.optimization_barrier((winner, dy))  # one pass over the taps, not one per use
+  m = -(-window // stride)  # taps per parity along one axis
+  zero = jnp.zeros((), dy.dtype)
+  rows = []
+  for p in range(stride):
+    blocks = []
+    for q in range(stride):
+      block = jnp.zeros((n, out_h + m - 1, out_w + m - 1, c), dy.dtype)
+      for a in range(m):
+        for b in range(m):
+          i, j = stride * a + p, stride * b + q
+          if i < window and j < window:
+            g = jnp.where(winner == i * window + j, dy, zero)
+            block = block + jnp.pad(g, ((0, 0), (a, m - 1 - a), (b, m - 1 - b), (0, 0)))
+      blocks.append(block)
+    rows.append(jnp.stack(blocks, axis=3))  # [n, A, B, q, c]
+  dx = jnp.stack(rows, axis=2).reshape(n, stride * (out_h + m - 1), stride * (out_w + m - 1), c)
+  return (dx[:, ph[0]:ph[0] + h, pw[0]:pw[0] + w, :].astype(x.dtype),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:

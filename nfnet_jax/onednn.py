@@ -4,8 +4,8 @@ XLA:CPU (jaxlib 0.10) runs convolutions at about half of oneDNN's float32 rate a
 kernels at all (it converts to float32 and back), while oneDNN runs bf16 on AMX / AVX512_BF16.
 `conv2d` calls oneDNN's forward, input-gradient and weight-gradient primitives through the XLA FFI
 (`onednn_conv.cc`, compiled on first use against the system's oneDNN, e.g. Debian's
-`libdnnl-dev`, and cached). Optional: where no compiler or oneDNN is found, `available()` is False,
-`reason()` says why, and `layers.conv2d` keeps XLA's own convolutions. ``NFNET_JAX_ONEDNN=0``
+`libdnnl-dev`, and cached by `nfnet_jax.native`). Optional: where no compiler or oneDNN is
+found, `available()` is False, `reason()` says why, and `layers.conv2d` keeps XLA's own convolutions. ``NFNET_JAX_ONEDNN=0``
 turns it off; ``NFNET_JAX_ONEDNN_ROOT`` names a oneDNN install (its include/ and lib/).
 """
 
@@ -13,72 +13,35 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import pathlib
-import shutil
-import subprocess
-import tempfile
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
+from nfnet_jax import native
+
+SOURCE = "onednn_conv.cc"
 TARGETS = {"forward": "NfnetConvForward", "input_grad": "NfnetConvInputGrad",
            "weight_grad": "NfnetConvWeightGrad", "matmul": "NfnetMatmul"}
 DTYPES = (jnp.float32, jnp.bfloat16)
 
 
-def _cache_dir() -> pathlib.Path:
-  root = os.environ.get("NFNET_JAX_CACHE") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nfnet_jax")
-  return pathlib.Path(root)
-
-
-def _compile_command(out: str) -> list[str]:
-  cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or "c++"
-  cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-I", jax.ffi.include_dir()]
+def _flags() -> tuple[str, ...]:
   root = os.environ.get("NFNET_JAX_ONEDNN_ROOT")
-  if root:
-    lib = os.path.join(root, "lib")
-    cmd += ["-I", os.path.join(root, "include"), "-L", lib, f"-Wl,-rpath,{lib}"]
-  return cmd + [str(SOURCE), "-o", out, "-ldnnl"]
+  if not root:
+    return ()
+  lib = os.path.join(root, "lib")
+  return ("-I", os.path.join(root, "include"), "-L", lib, f"-Wl,-rpath,{lib}")
 
 
-@functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
   """(the compiled, registered library, '') or (None, why not)."""
   if os.environ.get("NFNET_JAX_ONEDNN", "1") == "0":
     return None, "turned off by NFNET_JAX_ONEDNN=0"
-  if jax.default_backend() != "cpu":
-    return None, f"not used on {jax.default_backend()}"
-  # Keyed by what the library is built from (not by the compiler's name: any one will do).
-  key = hashlib.sha256(SOURCE.read_bytes() + " ".join(_compile_command("")[1:]).encode()
-                       + jax.__version__.encode()).hexdigest()[:16]
-  path = _cache_dir() / f"onednn_conv-{key}.so"
-  if not path.exists():
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    try:
-      proc = subprocess.run(_compile_command(tmp), capture_output=True, text=True)
-    except OSError as e:  # no compiler
-      os.unlink(tmp)
-      return None, f"no C++ compiler ({e.strerror}); install g++ and oneDNN (libdnnl-dev)"
-    if proc.returncode:
-      os.unlink(tmp)
-      first = next((l for l in proc.stderr.splitlines() if "error" in l), proc.stderr.strip()[:200])
-      return None, f"could not build against oneDNN ({first.strip()}); install libdnnl-dev"
-    os.replace(tmp, path)  # atomic: concurrent first uses see a whole library or none
-  try:
-    lib = ctypes.CDLL(str(path))
-  except OSError as e:
-    return None, f"could not load {path.name}: {e}"
-  for symbol in TARGETS.values():
-    jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
-  return lib, ""
+  return native.load(SOURCE, tuple(TARGETS.values()), _flags(), ("dnnl",), what="against oneDNN",
+                     needs="g++ and oneDNN (libdnnl-dev)")
 
 
 def available() -> bool:

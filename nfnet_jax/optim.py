@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -377,6 +377,62 @@ def create(config, *, global_batch_size: int, total_steps: int,
     parts.append(optax.lamb(lr, b1=cfg['b1'], b2=cfg['b2'], eps=cfg['adam_eps'],
                             weight_decay=wd, mask=weight_decay_mask))
   return freeze(optax.chain(*parts), patterns)
+
+
+def create_fused(config, *, global_batch_size: int, total_steps: int, steps_per_epoch: float,
+                 trainable=None) -> Optional[Callable]:
+  """The update of `create(config, ...)` followed by the weights' EMA, fused on CPU, or None.
+
+  Returns `update(grads, opt_state, params, ema_params, ema_decay) -> (params, opt_state,
+  ema_params, grad_norm)`: the same values, to round-off, as `create`'s update, `optax.apply_updates`,
+  `train.ema_update` and `train.step.global_norm(grads)`, on the same optimizer state, in one pass
+  per parameter (`nfnet_jax.sgd_update`). None where that
+  kernel is not available or the config is not SGD with momentum and AGC (or no clip) on all
+  parameters. float32 parameters only.
+  """
+  from nfnet_jax import sgd_update  # local: builds a native library on first use
+
+  cfg = _validated(config)
+  clip = cfg['clipping'] is not None and cfg['clip_mode'] != 'none'
+  if (not sgd_update.available() or cfg['name'] != 'sgd' or not cfg['momentum'] > 0
+      or (clip and cfg['clip_mode'] != 'agc') or parse_trainable(trainable)):
+    return None
+  lr = _schedule(cfg, global_batch_size, total_steps, steps_per_epoch)
+  wd, exclude = cfg['weight_decay'], cfg['clip_exclude']
+  trace_at = int(clip) + int(wd > 0)  # the chain's states: [clip], [weight decay], trace, lr
+
+  def update(grads, opt_state, params, ema_params, ema_decay):
+    leaves, treedef = jax.tree.flatten(params)
+    if any(x.dtype != jnp.float32 for x in leaves):
+      raise ValueError('the fused update takes float32 parameters only; use create(config).')
+    count = opt_state[-1].count
+    decays = treedef.flatten_up_to(weight_decay_mask(params))
+    clipped = (treedef.flatten_up_to(clip_mask(params, exclude)) if clip and exclude != 'none'
+               else [clip] * len(leaves))
+    units = []
+    for w in leaves:
+      axes = agc.default_axes(w.shape)
+      units.append(w.shape[-1] if w.ndim >= 2 and axes == tuple(range(w.ndim - 1)) else 1)
+    new, trace, ema, stats = sgd_update.update(
+        leaves, treedef.flatten_up_to(grads), treedef.flatten_up_to(opt_state[trace_at].trace),
+        treedef.flatten_up_to(ema_params), lr(count), ema_decay, units=units,
+        clipping=[cfg['clipping'] if c else 0.0 for c in clipped],
+        weight_decay=[wd if d else 0.0 for d in decays], eps=cfg['clip_eps'],
+        momentum=cfg['momentum'], nesterov=cfg['nesterov'])
+    new, trace, ema = (treedef.unflatten(x) for x in (new, trace, ema))
+    units_clippable = sum(u for u, c in zip(units, clipped) if c)
+    states = list(opt_state)
+    states[trace_at] = states[trace_at]._replace(trace=trace)
+    states[-1] = states[-1]._replace(count=optax.safe_increment(count))
+    if clip and cfg['report_clip_fraction']:
+      num_clipped = stats[1].astype(jnp.int32)
+      report = agc.AdaptiveGradClipState(
+          clip_fraction=num_clipped.astype(jnp.float32) / max(units_clippable, 1),
+          num_clipped=num_clipped, num_units=jnp.asarray(units_clippable, jnp.int32))
+      states[0] = (states[0]._replace(inner_state=report) if exclude != 'none' else report)
+    return new, tuple(states), ema, jnp.sqrt(stats[0])
+
+  return update
 
 
 def clip_fraction(opt_state) -> Optional[jax.Array]:

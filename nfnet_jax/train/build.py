@@ -22,6 +22,13 @@ def build(run: config_lib.Run):
           optim.create_schedule(c.optimizer, **sizes))
 
 
+def fused_update(run: config_lib.Run):
+  """`optim.create_fused` for the run's optimizer (None where it does not apply)."""
+  c = run.config
+  return optim.create_fused(c.optimizer, trainable=c.trainable, global_batch_size=c.batch_size,
+                            total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch)
+
+
 def initial_state_fn(run: config_lib.Run, model, optimizer):
   """A jitted rng -> TrainState (jax.eval_shape of it gives the checkpoint's structure)."""
   shape = (run.per_device_batch, run.image_size, run.image_size, 3)

@@ -19,7 +19,7 @@ from nfnet_jax import optim
 from nfnet_jax import precision
 from nfnet_jax.train import config as config_lib
 from nfnet_jax.train import init_from
-from nfnet_jax.train.build import build, initial_state_fn
+from nfnet_jax.train.build import build, fused_update, initial_state_fn
 from nfnet_jax.train import lock as lock_lib
 from nfnet_jax.train import prefetch
 from nfnet_jax.train.checkpoints import Checkpointer
@@ -139,10 +139,14 @@ def _train(run: config_lib.Run, workdir: str, is_main: bool, resume_step: int | 
     if note:
       _log(is_main, note)
 
+  fused = fused_update(run)
+  if fused is not None:
+    _log(is_main, 'update: AGC, weight decay, Nesterov SGD and EMA in one pass per parameter '
+         '(nfnet_jax.sgd_update; NFNET_JAX_FUSED_UPDATE=0 for optax\'s)')
   train_step = make_train_step(
       model, optimizer, schedule=schedule, num_classes=run.info.num_classes,
       label_smoothing=c.label_smoothing, bf16=c.bf16, ema_decay=c.ema_decay, augment=c.augment,
-      sam_rho=c.optimizer.sam_rho, sam_mode=c.optimizer.sam_mode)
+      sam_rho=c.optimizer.sam_rho, sam_mode=c.optimizer.sam_mode, fused_update=fused)
   p_train_step = pmap_train_step(train_step)
   p_eval_step = eval_lib.make_eval_step(model, bf16=c.bf16)
   state = eval_lib.replicate(state)

@@ -41,7 +41,8 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 def make_train_step(model, optimizer: optax.GradientTransformation, *,
                     schedule: optax.Schedule, num_classes: int, label_smoothing: float,
                     bf16: bool, ema_decay: float, augment: str, sam_rho: float = 0.0,
-                    sam_mode: str = 'device', cpu_bf16: bool = False) -> Callable:
+                    sam_mode: str = 'device', cpu_bf16: bool = False,
+                    fused_update: Callable | None = None) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics), to be pmapped with axis_name='batch'.
 
   batch['images'] is [grad_accum_steps, per_device, H, W, 3] and batch['labels'] is
@@ -54,6 +55,10 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
   metrics and BN statistics come from the pass at w; the pass at w + ε̂ only gives gradients.
   `bf16` computes in bfloat16 where the backend has bf16 kernels and in float32 on CPU unless
   `cpu_bf16`, with bf16 conv products where oneDNN has bf16 kernels (`nfnet_jax.precision`).
+
+  `fused_update` (`optim.create_fused` of the config that built `optimizer`) replaces the
+  optimizer's update, the weights' EMA and the gradient norm by its one pass per parameter
+  (float32 parameters; others keep `optimizer`).
   """
   sam_lib.check(sam_rho, sam_mode)
   mix_spec = data_lib.parse_augment(augment)
@@ -133,17 +138,23 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
       grads = pmean(over_micro_batches(descent, state.model_state)[0])
     model_state = pmean_floating(model_state)
 
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(ema_decay, state.step)
+    if fused_update is not None and all(
+        x.dtype == jnp.float32 for x in jax.tree.leaves(state.params)):
+      params, opt_state, ema_params, grad_norm = fused_update(
+          grads, state.opt_state, state.params, state.ema_params, decay)
+    else:
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      ema_params = ema_update(state.ema_params, params, decay)
+      grad_norm = global_norm(grads)
     new_state = TrainState(
         step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
-        ema_params=ema_update(state.ema_params, params, decay),
-        ema_model_state=ema_update(state.ema_model_state, model_state, decay),
+        ema_params=ema_params, ema_model_state=ema_update(state.ema_model_state, model_state, decay),
         rng=state.rng)
 
     metrics = pmean(metrics)
-    metrics['grad_norm'] = global_norm(grads)
+    metrics['grad_norm'] = grad_norm
     metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
     clip_fraction = optim.clip_fraction(opt_state)
     if clip_fraction is not None:
