@@ -276,22 +276,19 @@ def max_pool(x: Array, window: int = 3, stride: int = 2) -> Array:
 
 
 def _max_pool_fwd(x, window, stride):
-  out = max_pool(x, window, stride)
-  return out, (x, out)
+  return max_pool(x, window, stride), x
 
 
-def _max_pool_bwd(window, stride, residuals, dy):
+def _max_pool_bwd(window, stride, x, dy):
   # Tap (i, j) of output (y, x) reads padded input (s·y + i, s·x + j). With i = s·a + p, the input
   # rows of parity p are the rows y + a of the taps (s·a + p, ·): each parity block of the padded
   # gradient is a sum of shifted tap gradients, and the blocks interleave by a reshape.
-  x, out = residuals
   n, h, w, c = x.shape
   (ph, pw), (out_h, out_w) = _pool_geometry(x.shape, window, stride)
   taps = _pool_taps(x, window, stride)
-  winner = jnp.full(out.shape, len(taps), jnp.int8)
-  for t in reversed(range(len(taps))):
-    winner = jnp.where(taps[t] == out, jnp.int8(t), winner)
-  winner, dy = jax.lax.optimization_barrier((winner, dy))  # one pass over the taps, not one per use
+  # The first maximal tap, as a reduction: XLA:CPU computes it once, where a chain of selects
+  # is fused into (and recomputed by) each of its uses below.
+  winner = jnp.argmax(jnp.stack(taps), axis=0)
   m = -(-window // stride)  # taps per parity along one axis
   zero = jnp.zeros((), dy.dtype)
   rows = []

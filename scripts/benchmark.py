@@ -10,8 +10,8 @@
   python scripts/benchmark.py --compare=timm --what=ops --dtype=float32,bfloat16   # F0's convs, pass by pass
 
 Every speed comes with the model FLOPs utilisation against this machine's matmul rate, measured in the same
-run. --compare=timm times timm's equivalent step in the same process, taking turns with ours (torch and
-timm must be importable; they are not dependencies of nfnet-jax). On CPU, --devices=N needs XLA_FLAGS=--xla_force_host_platform_device_count=N set before Python starts.
+run. --compare=timm times timm's equivalent step in a torch process of its own, taking turns with ours
+(torch and timm must be importable; they are not dependencies of nfnet-jax). On CPU, --devices=N needs XLA_FLAGS=--xla_force_host_platform_device_count=N set before Python starts.
 """
 
 import json
