@@ -10,16 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import native_required
+
 from nfnet_jax import layers, onednn, precision
 
 
 @pytest.fixture
 def require_onednn():
-  # CI installs oneDNN (scripts/install_onednn.sh), so there a missing build is a failure, not a skip.
-  if not onednn.available():
-    if os.environ.get("CI") == "true":
-      pytest.fail(f"oneDNN should be available on CI: {onednn.reason()}")
-    pytest.skip(f"oneDNN not available: {onednn.reason()}")
+  native_required.require(onednn.available(), onednn.reason(), "oneDNN")
 
 
 def _normal(shape, seed, dtype=jnp.float32):

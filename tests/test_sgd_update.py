@@ -10,6 +10,8 @@ import numpy as np
 import optax
 import pytest
 
+import native_required
+
 from nfnet_jax import models, optim, sgd_update
 from nfnet_jax.evaluate import replicate
 from nfnet_jax.train import ema_update, init_state, make_train_step
@@ -20,11 +22,7 @@ SIZES = dict(global_batch_size=256, total_steps=100, steps_per_epoch=10)
 
 @pytest.fixture
 def require_fused():
-  # CI has a C++ compiler, so there a missing build is a failure, not a skip.
-  if not sgd_update.available():
-    if os.environ.get("CI") == "true":
-      pytest.fail(f"the fused update should be available on CI: {sgd_update.reason()}")
-    pytest.skip(f"fused update not available: {sgd_update.reason()}")
+  native_required.require(sgd_update.available(), sgd_update.reason(), "the fused update")
 
 
 def _params():
