@@ -5,8 +5,9 @@ kernels at all (it converts to float32 and back), while oneDNN runs bf16 on AMX 
 `conv2d` calls oneDNN's forward, input-gradient and weight-gradient primitives through the XLA FFI
 (`onednn_conv.cc`, compiled on first use against the system's oneDNN, e.g. Debian's
 `libdnnl-dev`, and cached by `nfnet_jax.native`). Optional: where no compiler or oneDNN is
-found, `available()` is False, `reason()` says why, and `layers.conv2d` keeps XLA's own convolutions. ``NFNET_JAX_ONEDNN=0``
-turns it off; ``NFNET_JAX_ONEDNN_ROOT`` names a oneDNN install (its include/ and lib/).
+found, `available()` is False, `reason()` says why, and `layers.conv2d` keeps XLA's own
+convolutions. ``NFNET_JAX_ONEDNN=0`` turns it off; ``NFNET_JAX_ONEDNN_ROOT`` names a oneDNN install
+(its include/ and lib/).
 """
 
 from __future__ import annotations

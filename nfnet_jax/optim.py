@@ -384,11 +384,11 @@ def create_fused(config, *, global_batch_size: int, total_steps: int, steps_per_
   """The update of `create(config, ...)` followed by the weights' EMA, fused on CPU, or None.
 
   Returns `update(grads, opt_state, params, ema_params, ema_decay) -> (params, opt_state,
-  ema_params, grad_norm)`: the same values, to round-off, as `create`'s update, `optax.apply_updates`,
-  `train.ema_update` and `train.step.global_norm(grads)`, on the same optimizer state, in one pass
-  per parameter (`nfnet_jax.sgd_update`). None where that
-  kernel is not available or the config is not SGD with momentum and AGC (or no clip) on all
-  parameters. float32 parameters only.
+  ema_params, grad_norm)`: the same values, to round-off, as `create`'s update,
+  `optax.apply_updates`, `train.ema_update` and `train.step.global_norm(grads)`, on the same
+  optimizer state, in one pass per parameter (`nfnet_jax.sgd_update`; float32 parameters only).
+  None where that kernel is not available or the config is not SGD with momentum and AGC (or no
+  clip), or trains only some parameters (`trainable`).
   """
   from nfnet_jax import sgd_update  # local: builds a native library on first use
 
