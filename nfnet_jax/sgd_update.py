@@ -3,8 +3,9 @@
 XLA:CPU computes the clipped gradient's norms, the new momentum, the new weights and their EMA
 in separate loops that each re-read the old buffers (about 15 passes over every parameter's
 size, memory-bound, run beside the backward pass's convolutions); `update` does it in one C++
-call after the backward pass (`sgd_update.cc`: 9 passes, one thread per core). `optim.create_fused` uses it for the optimizer `optim.create` builds
-from the same config. Optional: `available()` is False off CPU, without a C++ compiler, or with
+call after the backward pass (`sgd_update.cc`: 9 passes, one thread per core).
+`optim.create_fused` builds the train step's update from it for the config of `optim.create`.
+Optional: `available()` is False off CPU, without a C++ compiler, or with
 ``NFNET_JAX_FUSED_UPDATE=0``; `reason()` says why, and the train step keeps optax's update.
 """
 
