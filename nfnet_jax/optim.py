@@ -399,13 +399,15 @@ def create_fused(config, *, global_batch_size: int, total_steps: int, steps_per_
     return None
   lr = _schedule(cfg, global_batch_size, total_steps, steps_per_epoch)
   wd, exclude = cfg['weight_decay'], cfg['clip_exclude']
-  trace_at = int(clip) + int(wd > 0)  # the chain's states: [clip], [weight decay], trace, lr
 
   def update(grads, opt_state, params, ema_params, ema_decay):
     leaves, treedef = jax.tree.flatten(params)
     if any(x.dtype != jnp.float32 for x in leaves):
       raise ValueError('the fused update takes float32 parameters only; use create(config).')
-    count = opt_state[-1].count
+    # The states of `create`'s chain, found by type: the clip's comes first, where there is one.
+    at = {type(s): i for i, s in enumerate(opt_state)}
+    trace_at, lr_at = at[optax.TraceState], at[optax.ScaleByScheduleState]
+    count = opt_state[lr_at].count
     decays = treedef.flatten_up_to(weight_decay_mask(params))
     clipped = (treedef.flatten_up_to(clip_mask(params, exclude)) if clip and exclude != 'none'
                else [clip] * len(leaves))
@@ -423,7 +425,7 @@ def create_fused(config, *, global_batch_size: int, total_steps: int, steps_per_
     units_clippable = sum(u for u, c in zip(units, clipped) if c)
     states = list(opt_state)
     states[trace_at] = states[trace_at]._replace(trace=trace)
-    states[-1] = states[-1]._replace(count=optax.safe_increment(count))
+    states[lr_at] = states[lr_at]._replace(count=optax.safe_increment(count))
     if clip and cfg['report_clip_fraction']:
       num_clipped = stats[1].astype(jnp.int32)
       report = agc.AdaptiveGradClipState(

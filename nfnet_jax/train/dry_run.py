@@ -130,8 +130,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, *, devices: int, pr
   train_step = step_lib.make_train_step(
       model, optimizer, schedule=schedule, num_classes=info.num_classes,
       label_smoothing=c.label_smoothing, bf16=c.bf16, ema_decay=c.ema_decay, augment=c.augment,
-      sam_rho=c.optimizer.sam_rho, sam_mode=c.optimizer.sam_mode,
-      fused_update=build_lib.fused_update(run))
+      sam_rho=c.optimizer.sam_rho, sam_mode=c.optimizer.sam_mode)
   one = lambda x: jax.ShapeDtypeStruct((1,) + tuple(x.shape), x.dtype)  # one device's slice
   shape = (1, c.grad_accum_steps, run.per_device_batch)
   batch = {'images': jax.ShapeDtypeStruct(shape + (run.image_size, run.image_size, 3),
