@@ -176,7 +176,11 @@ def _speed(cfg: StepConfig, timing: dict, flops_per_step: float, peak: float) ->
 
 
 def _compiled_train_step(cfg: StepConfig):
-  """Builds and compiles the trainer's pmapped step for ``cfg``; returns (compiled, state, batch, compile_s)."""
+  """Builds and compiles the trainer's pmapped step for ``cfg``.
+
+  Returns (compiled, state, batch, compile_s, update): `update` is 'fused' where the step runs
+  `optim.create_fused`'s update (on CPU, as the trainer does) and 'optax' where optax's chain.
+  """
   from nfnet_jax import optim  # local: keeps `models`/`flops` users free of optimizer imports
   from nfnet_jax.train import state as state_lib
   from nfnet_jax.train import step as step_lib
@@ -191,10 +195,11 @@ def _compiled_train_step(cfg: StepConfig):
                        steps_per_epoch=steps_per_epoch)
   optimizer = optim.create(opt_config, **schedule_args)
   schedule = optim.create_schedule(opt_config, **schedule_args)
+  fused = optim.create_fused(opt_config, **schedule_args)  # weights stay float32: the step uses it
   step_fn = step_lib.make_train_step(model, optimizer, schedule=schedule, num_classes=cfg.num_classes,
                                      label_smoothing=0.1, bf16=cfg.dtype == "bfloat16", ema_decay=EMA_DECAY,
                                      augment="none", sam_rho=cfg.sam_rho, cpu_bf16=cfg.cpu_bf16,
-                                     fused_update=optim.create_fused(opt_config, **schedule_args))
+                                     fused_update=fused)
   image_shape = (cfg.per_device(), cfg.image_size, cfg.image_size, 3)
   state = jax.jit(lambda rng: state_lib.init_state(model, optimizer, rng, image_shape))(jax.random.PRNGKey(0))
   state = _put(_stack(state, len(devices)), devices)
@@ -206,7 +211,7 @@ def _compiled_train_step(cfg: StepConfig):
   p_step = step_lib.pmap_train_step(step_fn, devices)
   start = time.perf_counter()
   compiled = p_step.lower(state, batch).compile()
-  return compiled, state, batch, time.perf_counter() - start
+  return compiled, state, batch, time.perf_counter() - start, "optax" if fused is None else "fused"
 
 
 def _train_flops(cfg: StepConfig) -> float:
@@ -217,16 +222,16 @@ def _train_flops(cfg: StepConfig) -> float:
 
 def compile_train_step(cfg: StepConfig, matmul: Optional[dict] = None, **unused) -> dict:
   """Compiles the train step without running it: compile time, XLA memory analysis and XLA's FLOP count."""
-  compiled, _, _, compile_s = _compiled_train_step(cfg)
+  compiled, _, _, compile_s, update = _compiled_train_step(cfg)
   xla = _xla_flops(compiled)
-  return {"kind": "compile", **dataclasses.asdict(cfg), "compile_s": compile_s,
+  return {"kind": "compile", **dataclasses.asdict(cfg), "update": update, "compile_s": compile_s,
           "xla_flops_per_step": None if xla is None else xla * cfg.num_devices,
           "model_flops_per_step": _train_flops(cfg), "memory": _memory(compiled)}
 
 
 def _train_runner(cfg: StepConfig):
   """Compiles the train step; returns (a function running one step on its own state, the record builder)."""
-  compiled, state, batch, compile_s = _compiled_train_step(cfg)
+  compiled, state, batch, compile_s, update = _compiled_train_step(cfg)
   holder = [state]
 
   def run():
@@ -235,7 +240,7 @@ def _train_runner(cfg: StepConfig):
 
   def record(timing: dict, matmul: dict) -> dict:
     xla = _xla_flops(compiled)
-    return {"kind": "train", **dataclasses.asdict(cfg), "compile_s": compile_s,
+    return {"kind": "train", **dataclasses.asdict(cfg), "update": update, "compile_s": compile_s,
             "xla_flops_per_step": None if xla is None else xla * cfg.num_devices,
             "memory": _memory(compiled), **_speed(cfg, timing, _train_flops(cfg), _peak(matmul, cfg.num_devices))}
 
@@ -310,7 +315,7 @@ def checkpoint_stall(cfg: StepConfig, workdir: str, *, saves: int = 3, between: 
   """
   from nfnet_jax.train import checkpoints  # local: orbax is only needed here
 
-  compiled, state, batch, _ = _compiled_train_step(cfg)
+  compiled, state, batch, _, _ = _compiled_train_step(cfg)
   first = lambda tree: jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
   modes = {'sync': [], 'async': []}
   plain = []
@@ -410,6 +415,7 @@ def format_table(results: Sequence[dict], matmul: dict) -> str:
     setting = (f"b{r['batch_size']} {r['image_size']}px {dtype} d{r['num_devices']}"
                + (f" acc{r['grad_accum']}" if r["kind"] == "train" else "")
                + (" noAGC" if r["kind"] == "train" and r["clipping"] is None else "")
+               + (" fused" if r.get("update") == "fused" else "")
                + (f" SAM {r['sam_rho']:g}" if r.get("sam_rho") else "") + extras)
     mem = r.get("memory", {})
     lines.append(f"{r['kind']:<6} {r['model']:<16} {setting:<34} {r['median_s']:>9.3f} {r['min_s']:>8.3f} "

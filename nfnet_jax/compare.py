@@ -371,7 +371,7 @@ def format_table(results: Sequence[dict], rates: dict) -> str:
   for r in results:
     o = r["ours"]
     dtype = o["dtype"] + ("" if o["compute_dtype"] == o["dtype"] else f"->{o['compute_dtype']}")
-    setting = f"b{o['batch_size']} {o['image_size']}px {dtype}"
+    setting = f"b{o['batch_size']} {o['image_size']}px {dtype}" + (" fused" if o.get("update") == "fused" else "")
     lines.append(f"{o['kind']:<6} {o['model']:<14} {setting:<24} {o['median_s']:>8.3f} "
                  f"{r['theirs'][r['best']]['median_s']:>8.3f} {r['best']:<13} {r['speedup_median']:>11.2f}x")
   return "\n".join(lines)
