@@ -366,13 +366,13 @@ def format_table(results: Sequence[dict], rates: dict) -> str:
   """Ratios beside the absolute figures, and the machine's matmul rates."""
   lines = [f"matmul {rates['size']}^2 GFLOP/s: " + ", ".join(
       f"{k} {v / 1e9:.0f}" for k, v in rates.items() if k != "size"),
-           f"{'kind':<6} {'model':<14} {'setting':<24} {'ours s':>8} {'timm s':>8} {'timm best':<13} "
+           f"{'kind':<6} {'model':<14} {'setting':<44} {'ours s':>8} {'timm s':>8} {'timm best':<13} "
            f"{'ours vs timm':>12}"]
   for r in results:
     o = r["ours"]
     dtype = o["dtype"] + ("" if o["compute_dtype"] == o["dtype"] else f"->{o['compute_dtype']}")
     setting = f"b{o['batch_size']} {o['image_size']}px {dtype}" + (" fused" if o.get("update") == "fused" else "")
-    lines.append(f"{o['kind']:<6} {o['model']:<14} {setting:<24} {o['median_s']:>8.3f} "
+    lines.append(f"{o['kind']:<6} {o['model']:<14} {setting:<44} {o['median_s']:>8.3f} "
                  f"{r['theirs'][r['best']]['median_s']:>8.3f} {r['best']:<13} {r['speedup_median']:>11.2f}x")
   return "\n".join(lines)
 

@@ -24,7 +24,6 @@ def test_time_alternating_takes_turns_and_times_every_call():
     benchmark.time_calls(make('c'), steps=0)
 
 
-
 def test_a_train_record_says_the_step_ran_the_fused_update():
   from nfnet_jax import sgd_update
   import native_required
