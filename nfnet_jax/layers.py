@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nfnet_jax import onednn
+from nfnet_jax import pool_grad
 
 Array = jax.Array
 
@@ -268,9 +269,10 @@ def max_pool(x: Array, window: int = 3, stride: int = 2) -> Array:
   """NHWC max pool with SAME padding: the elementwise max of window² strided slices.
 
   The same values and gradient as hk.max_pool (lax.reduce_window): each window's gradient goes to
-  its first maximal input, row-major. The backward pass is written by hand (the winning tap of
-  each window, then one shifted sum per stride parity), where XLA:CPU expands reduce_window's
-  gradient into iotas and a scatter and autodiff of the max chain recomputes it per tap.
+  its first maximal input, row-major. The backward pass is one native call on CPU where it is
+  built (`nfnet_jax.pool_grad`), else written by hand in XLA (the winning tap of each window, then
+  one shifted sum per stride parity), where XLA:CPU expands reduce_window's gradient into iotas
+  and a scatter and autodiff of the max chain recomputes it per tap.
   """
   return functools.reduce(jnp.maximum, _pool_taps(x, window, stride))
 
@@ -280,6 +282,15 @@ def _max_pool_fwd(x, window, stride):
 
 
 def _max_pool_bwd(window, stride, x, dy):
+  if pool_grad.supports(x):
+    (ph, pw), _ = _pool_geometry(x.shape, window, stride)
+    return (pool_grad.max_pool_grad(x, dy, window=window, stride=stride, pad_top=ph[0],
+                                    pad_left=pw[0]),)
+  return (max_pool_grad_xla(x, dy, window, stride),)
+
+
+def max_pool_grad_xla(x: Array, dy: Array, window: int, stride: int) -> Array:
+  """`max_pool`'s gradient in XLA ops (where `nfnet_jax.pool_grad` is not available)."""
   # Tap (i, j) of output (y, x) reads padded input (s·y + i, s·x + j). With i = s·a + p, the input
   # rows of parity p are the rows y + a of the taps (s·a + p, ·): each parity block of the padded
   # gradient is a sum of shifted tap gradients, and the blocks interleave by a reshape.
@@ -305,7 +316,7 @@ def _max_pool_bwd(window, stride, x, dy):
       blocks.append(block)
     rows.append(jnp.stack(blocks, axis=3))  # [n, A, B, q, c]
   dx = jnp.stack(rows, axis=2).reshape(n, stride * (out_h + m - 1), stride * (out_w + m - 1), c)
-  return (dx[:, ph[0]:ph[0] + h, pw[0]:pw[0] + w, :].astype(x.dtype),)
+  return dx[:, ph[0]:ph[0] + h, pw[0]:pw[0] + w, :].astype(x.dtype)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

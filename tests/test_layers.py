@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfnet_jax import layers, onednn
+from nfnet_jax import layers, onednn, pool_grad
+from native_required import require
 
 
 def _normal(shape, seed):
@@ -255,8 +256,12 @@ def test_conv_impl_resolution():
 @pytest.mark.parametrize("shape,window,stride", [((2, 8, 8, 3), 3, 2), ((2, 7, 9, 2), 3, 2),
                                                  ((1, 6, 5, 4), 2, 2), ((1, 5, 5, 2), 3, 1),
                                                  ((1, 7, 6, 2), 1, 2), ((1, 9, 9, 2), 5, 3)])
-def test_max_pool_equals_haiku_in_value_and_gradient(shape, window, stride, ties):
+@pytest.mark.parametrize("grad", ["default", "xla"])
+def test_max_pool_equals_haiku_in_value_and_gradient(shape, window, stride, ties, grad):
   # Ties: values in {0, 1, 2}, so most windows hold several maxima; the gradient goes to the first.
+  # 'default' is the native backward on CPU where it is built (pool_grad), 'xla' the fallback.
+  if grad == "default" and jax.default_backend() == "cpu":
+    require(pool_grad.available(), pool_grad.reason(), "the native max pool gradient")
   rng = np.random.default_rng(0)
   x = rng.integers(0, 3, shape) if ties else rng.permutation(np.prod(shape)).reshape(shape)
   x = jnp.asarray(x, jnp.float32)
@@ -266,6 +271,25 @@ def test_max_pool_equals_haiku_in_value_and_gradient(shape, window, stride, ties
   ref_out, ref_vjp = jax.vjp(ref, x)
   np.testing.assert_array_equal(out, ref_out)
   ct = _normal(out.shape, 1)
+  dx = vjp(ct)[0] if grad == "default" else layers.max_pool_grad_xla(x, ct, window, stride)
   # Equal but for the order in which overlapping windows' gradients are summed.
-  np.testing.assert_allclose(vjp(ct)[0], ref_vjp(ct)[0], rtol=1e-6, atol=1e-6)
-  assert jnp.count_nonzero(vjp(ct)[0]) == jnp.count_nonzero(ref_vjp(ct)[0])
+  np.testing.assert_allclose(dx, ref_vjp(ct)[0], rtol=1e-6, atol=1e-6)
+  assert jnp.count_nonzero(dx) == jnp.count_nonzero(ref_vjp(ct)[0])
+
+
+def test_native_max_pool_gradient_in_bf16_and_inside_a_jitted_model_gradient():
+  # NF-ResNet-50's stem pool shape at 32 px: bf16 gradients within bf16 rounding of Haiku's
+  # (computed in float32 from the same bf16 values), and the jitted vjp of an activation + pool.
+  require(pool_grad.available(), pool_grad.reason(), "the native max pool gradient")
+  x = jnp.maximum(_normal((2, 16, 16, 64), 0), 0).astype(jnp.bfloat16)  # relu: many tied zeros
+  ct = _normal((2, 8, 8, 64), 1).astype(jnp.bfloat16)
+  ref = lambda x: hk.max_pool(x, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+  want = jax.vjp(ref, x.astype(jnp.float32))[1](ct.astype(jnp.float32))[0]
+  dx = jax.vjp(lambda x: layers.max_pool(x), x)[1](ct)[0]
+  assert dx.dtype == jnp.bfloat16
+  np.testing.assert_allclose(dx.astype(jnp.float32), want.astype(jnp.bfloat16).astype(jnp.float32),
+                             rtol=0, atol=0)  # one rounding of the float32 sum, like the reference
+  f = lambda v: jnp.sum(layers.max_pool(jax.nn.relu(v) * 1.7) * ct.astype(jnp.float32))
+  g_ref = lambda v: jnp.sum(ref(jax.nn.relu(v) * 1.7) * ct.astype(jnp.float32))
+  v = _normal((2, 16, 16, 64), 2)
+  np.testing.assert_allclose(jax.jit(jax.grad(f))(v), jax.grad(g_ref)(v), rtol=1e-6, atol=1e-6)
