@@ -3,7 +3,8 @@
 // x: [N, H, W, C] (the pool's input), dy: [N, OH, OW, C]; dx: like x. Window (y, x) reads padded
 // rows s·y + i, columns s·x + j (i, j < window; padding is -inf, so never a maximum); its dy goes
 // to its first maximal input, taps row-major, as lax.reduce_window's gradient does. Overlapping
-// windows' shares are summed in float, in output order. float32 or bfloat16 (x, dy, dx alike).
+// windows' shares are summed in float, last window first: in float32 the very sums of
+// layers.max_pool_grad_xla, bit for bit. float32 or bfloat16 (x, dy, dx alike).
 // Images are shared among one thread per core.
 #include <algorithm>
 #include <atomic>
@@ -63,8 +64,8 @@ void ImageGrad(const Geometry& g, const T* x, const T* dy, float* acc) {
   std::vector<float> best(c);
   std::vector<int32_t> tap(c);
   std::vector<int64_t> at;  // offsets of the window's taps inside the image, row-major
-  for (int64_t oy = 0; oy < g.oh; ++oy) {
-    for (int64_t ox = 0; ox < g.ow; ++ox) {
+  for (int64_t oy = g.oh - 1; oy >= 0; --oy) {  // last window first: see the top of the file
+    for (int64_t ox = g.ow - 1; ox >= 0; --ox) {
       at.clear();
       for (int64_t i = 0; i < g.window; ++i) {
         const int64_t r = oy * g.stride + i - g.pt;
