@@ -3,8 +3,9 @@
 XLA:CPU runs `layers.max_pool`'s hand-written backward (the winning tap per window, then shifted
 sums) over window² copies of the input: 25 / 31 ms at NF-ResNet-50's stem pool (batch 8, 128 px,
 float32; two runs, side by side) against 2.8 / 3.9 ms for one pass over x and dy here
-(`pool_grad.cc`, built by `nfnet_jax.native`). Optional: `available()` is False off CPU, without a C++ compiler, or with
-``NFNET_JAX_POOL_GRAD=0``; `reason()` says why, and `layers.max_pool` keeps its XLA backward.
+(`pool_grad.cc`, built by `nfnet_jax.native`). Optional: `available()` is False off CPU, without
+a C++ compiler, or with ``NFNET_JAX_POOL_GRAD=0``; `reason()` says why, and `layers.max_pool`
+keeps its XLA backward.
 """
 
 from __future__ import annotations

@@ -275,7 +275,7 @@ def test_max_pool_equals_haiku_in_value_and_gradient(shape, window, stride, ties
   # Equal but for the order in which overlapping windows' gradients are summed.
   np.testing.assert_allclose(dx, ref_vjp(ct)[0], rtol=1e-6, atol=1e-6)
   assert jnp.count_nonzero(dx) == jnp.count_nonzero(ref_vjp(ct)[0])
-  if grad == "default":  # the native pass sums in the XLA backward's order: the same bits
+  if grad == "default" and pool_grad.supports(x):  # native: summed in the XLA order, same bits
     np.testing.assert_array_equal(dx, layers.max_pool_grad_xla(x, ct, window, stride))
 
 
